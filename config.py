@@ -1,0 +1,67 @@
+"""Configuration: one small dataclass per component, and presets that compose them.
+
+Every default works on a CPU. Models never read a config themselves: the entry points
+(train.py, transfer.py) build the pieces from these values and pass plain arguments.
+
+    Config = AudioConfig (signal front end) + DataConfig (built-in dataset)
+"""
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass
+class AudioConfig:
+    """The signal front end shared by every stage (stft.LogMel takes these as keywords)."""
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    hop: int = 256            # 16 ms frames: T = 1 + N // hop spectrogram frames
+    n_mels: int = 128
+    fmin: float = 0.0
+    fmax: float = 8000.0
+    log_floor: float = 1e-5   # log(1e-5) = -11.5 is the silence level
+    # Fixed global normalisation of log-mel (never per clip, so loudness survives a
+    # round trip): measured once over the built-in training split, see README.
+    norm_mean: float = -5.0
+    norm_std: float = 2.5
+
+
+@dataclass
+class DataConfig:
+    """The built-in dataset: seeded compositions rendered in every style."""
+    pieces: int = 120         # split by piece: ~80% train, 10% val, 10% test
+    seconds: float = 12.0     # length of each rendered piece
+    seed: int = 0
+    clip_seconds: float = 4.0  # training clips cut from the pieces
+
+
+@dataclass
+class Config:
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+PRESETS = {
+    "tiny": Config,  # trains on 2 CPU cores
+}
+
+
+def preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return PRESETS[name]()
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return asdict(cfg)
+
+
+def config_from_dict(d: dict) -> Config:
+    """Inverse of config_to_dict; unknown keys are an error so a stale checkpoint is caught."""
+    parts = {}
+    for f in fields(Config):
+        cls = f.default_factory
+        sub = d.get(f.name, {})
+        unknown = set(sub) - {g.name for g in fields(cls)}
+        if unknown:
+            raise ValueError(f"config section {f.name!r} has unknown keys {sorted(unknown)}")
+        parts[f.name] = cls(**sub)
+    return Config(**parts)
