@@ -1,11 +1,17 @@
-"""Configuration: one small dataclass per component, and presets that compose them.
+"""Configuration: one small dataclass per component, presets, and checkpoint files.
 
 Every default works on a CPU. Models never read a config themselves: the entry points
 (train.py, transfer.py) build the pieces from these values and pass plain arguments.
 
     Config = AudioConfig (signal front end) + DataConfig (built-in dataset)
 """
+import os
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+CHECKPOINT_FORMAT = 1
 
 
 @dataclass
@@ -34,9 +40,25 @@ class DataConfig:
 
 
 @dataclass
+class ClassifierConfig:
+    """The style classifier that scores every system (evaluate.StyleClassifier)."""
+    channels: tuple = (16, 32, 64, 128)
+    emb_dim: int = 128
+    steps: int = 1200
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup: int = 100
+    ema: float = 0.995
+    clip_seconds: float = 4.0
+    gain_db: float = 6.0      # random gain augmentation: style is not loudness
+
+
+@dataclass
 class Config:
     audio: AudioConfig = field(default_factory=AudioConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
 
 
 PRESETS = {
@@ -65,3 +87,29 @@ def config_from_dict(d: dict) -> Config:
             raise ValueError(f"config section {f.name!r} has unknown keys {sorted(unknown)}")
         parts[f.name] = cls(**sub)
     return Config(**parts)
+
+
+def save_checkpoint(path, **contents):
+    """Write a plain dict with torch.save to a temporary file, then rename (atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(dict(contents, format=CHECKPOINT_FORMAT), tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, stage):
+    """Load a checkpoint safely (weights_only: no code runs); errors say how to make one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {stage} checkpoint at {path}; train one with "
+                                f"`python train.py --stage {stage}`")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}); "
+                         f"retrain it with `python train.py --stage {stage}`") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} has an unknown checkpoint format; retrain it with "
+                         f"`python train.py --stage {stage}`")
+    return ckpt

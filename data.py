@@ -168,7 +168,7 @@ def arrange(piece, style, seconds):
 
 
 def _drums(pattern, beat, seconds):
-    """GM drum kit (bank 128, program 0) hits on a 16th-note grid."""
+    """Drum hits on a 16th-note grid: GM standard kit for rock, the TR-808 kit for electronic."""
     d, hits = GM_DRUMS, []
     n16 = int(seconds / (beat / 4))
     for k in range(n16):
@@ -186,7 +186,7 @@ def _drums(pattern, beat, seconds):
         t = k * beat / 4
         for name in names:
             vel = 110 if name in ("kick", "snare", "clap", "crash") else 75
-            hits.append((128, 0, d[name], vel, t, t + beat / 4))
+            hits.append((128, 0 if pattern == "rock" else 25, d[name], vel, t, t + beat / 4))
     return hits
 
 
@@ -280,6 +280,23 @@ def load_audio(path, sample_rate):
     """Read any file soundfile reads, mix to mono, resample -> float32 (N,)."""
     wave, sr = sf.read(str(path), dtype="float32", always_2d=True)   # (N, channels)
     return resample(wave.mean(axis=1), sr, sample_rate)
+
+
+def load_paired_split(root, split="test", sample_rate=16000, pieces=None):
+    """The built-in data's paired split: {(piece id, style): wave (N,)} and the style names.
+
+    Only the built-in dataset is paired (every piece in every style); `pieces` keeps the
+    first N piece ids. Used by the evaluation, which scores transfer against ground truth.
+    """
+    base = Path(root) / split
+    if not (Path(root) / "metadata.json").is_file() or not base.is_dir():
+        raise ValueError(f"{root} is not a built-in dataset (no metadata.json or {split}/); "
+                         f"build one with `python train.py --stage data --out {root}`")
+    styles = sorted(p.name for p in base.iterdir() if p.is_dir())
+    ids = sorted({p.stem for p in base.glob("*/*.wav")})[:pieces]
+    waves = {(i, s): torch.from_numpy(load_audio(base / s / f"{i}.wav", sample_rate))
+             for i in ids for s in styles}
+    return waves, styles
 
 
 def _split_of_file(rel_path):

@@ -19,13 +19,13 @@ chunk; resampling is linear interpolation, without an anti-aliasing filter.
 import importlib.util
 import math
 import struct
-from collections import namedtuple
+from collections import defaultdict, namedtuple
 from pathlib import Path
 
 import numpy as np
 from scipy.signal import lfilter
 
-# Generator numbers (sec. 8.1.2) and their defaults (sec. 8.1.3).
+# Generator numbers (sec. 8.1.2).
 START, END, LOOP_START, LOOP_END, START_COARSE = 0, 1, 2, 3, 4
 END_COARSE, LOOP_START_COARSE, LOOP_END_COARSE = 12, 45, 50
 FILTER_FC, FILTER_Q, MOD_ENV_TO_FC = 8, 9, 11
@@ -33,13 +33,11 @@ MOD_ENV = (25, 26, 27, 28, 29, 30)              # delay, attack, hold, decay, su
 VOL_ENV = (33, 34, 35, 36, 37, 38)              # the same for the volume envelope
 INSTRUMENT, KEY_RANGE, VEL_RANGE, ATTENUATION = 41, 43, 44, 48
 COARSE_TUNE, FINE_TUNE, SAMPLE_ID, SAMPLE_MODES, SCALE_TUNING, ROOT_KEY = 51, 52, 53, 54, 56, 58
-DEFAULTS = {START: 0, END: 0, LOOP_START: 0, LOOP_END: 0, START_COARSE: 0, END_COARSE: 0,
-            LOOP_START_COARSE: 0, LOOP_END_COARSE: 0, FILTER_FC: 13500, FILTER_Q: 0,
-            MOD_ENV_TO_FC: 0, **dict(zip(MOD_ENV, (-12000,) * 4 + (0, -12000))),
-            **dict(zip(VOL_ENV, (-12000,) * 4 + (0, -12000))), ATTENUATION: 0,
-            COARSE_TUNE: 0, FINE_TUNE: 0, SAMPLE_MODES: 0, SCALE_TUNING: 100, ROOT_KEY: -1}
-# Generators that are not allowed at preset level (sec. 8.5); all others there are offsets
-# added to the instrument's value (sec. 9.4).
+# Defaults other than 0 (sec. 8.1.3): envelope times of 1 ms, filter open, the sample's root.
+DEFAULTS = {FILTER_FC: 13500, SCALE_TUNING: 100, ROOT_KEY: -1,
+            **{k: -12000 for k in MOD_ENV + VOL_ENV if k not in (MOD_ENV[4], VOL_ENV[4])}}
+# Generators valid at instrument level only (sec. 8.1.2); every other one found in a preset
+# zone is an offset added to the instrument's value (sec. 8.5, 9.4).
 INSTRUMENT_ONLY = {START, END, LOOP_START, LOOP_END, START_COARSE, END_COARSE,
                    LOOP_START_COARSE, LOOP_END_COARSE, INSTRUMENT, KEY_RANGE, VEL_RANGE,
                    46, 47, SAMPLE_ID, SAMPLE_MODES, 57, ROOT_KEY}
@@ -111,13 +109,6 @@ def _volume_envelope(t, t_off, delay, attack, hold, decay, sustain_cb, release):
     return np.clip(x / attack, 0.0, 1.0) * np.exp(cb * (-math.log(10) / 200))  # 10**(-cb/200)
 
 
-def _wrap(pos, loop_start, loop_end):
-    """Read positions past the loop end fold back into [loop_start, loop_end)."""
-    length = loop_end - loop_start
-    folded = pos - length * np.floor((pos - loop_start) / length)    # a fast np.mod
-    return np.where(pos >= loop_end, folded, pos)
-
-
 def _mod_envelope(t, t_off, delay, attack, hold, decay, sustain, release):
     """Modulation envelope (sec. 8.1.2 gens 25-30): linear 0 -> 1 in `attack`, hold, down 100 %
     per `decay` s to `sustain`; after note-off down 100 % per `release` s."""
@@ -125,6 +116,13 @@ def _mod_envelope(t, t_off, delay, attack, hold, decay, sustain, release):
     level = np.where(x < attack, np.clip(x / attack, 0.0, 1.0),
                      np.maximum(1 - np.maximum(x - attack - hold, 0.0) / decay, sustain))
     return np.maximum(level - np.maximum(t - t_off, 0.0) / release, 0.0)
+
+
+def _wrap(pos, loop_start, loop_end):
+    """Read positions past the loop end fold back into [loop_start, loop_end)."""
+    length = loop_end - loop_start
+    folded = pos - length * np.floor((pos - loop_start) / length)    # a fast np.mod
+    return np.where(pos >= loop_end, folded, pos)
 
 
 def _lowpass(x, cutoff_cents, q, sample_rate):
@@ -153,9 +151,11 @@ class SoundFont:
         try:
             buf = self.path.read_bytes()
         except OSError as e:
-            raise ValueError(f"cannot read SoundFont {self.path}: {e.strerror}") from None
+            raise ValueError(f"cannot read SoundFont {self.path}: {e.strerror}; "
+                             "pass the path of a .sf2 file") from None
         if len(buf) < 12 or buf[:4] != b"RIFF" or buf[8:12] != b"sfbk":
-            raise ValueError(f"{self.path} is not a SoundFont 2 file (no RIFF 'sfbk' header)")
+            raise ValueError(f"{self.path} is not a SoundFont 2 file (no RIFF 'sfbk' header); "
+                             "pass the path of a .sf2 file")
         lists = {}
         for cid, off, size in _chunks(buf, 12, len(buf)):
             if cid == b"LIST":
@@ -191,10 +191,10 @@ class SoundFont:
                     vels = _intersect(p.get(VEL_RANGE, (0, 127)), g.get(VEL_RANGE, (0, 127)))
                     if keys[0] > keys[1] or vels[0] > vels[1]:
                         continue
-                    gens = {**DEFAULTS, **g}
+                    gens = defaultdict(int, {**DEFAULTS, **g})
                     for oper, amount in p.items():           # preset values are offsets
                         if oper not in INSTRUMENT_ONLY:
-                            gens[oper] = gens.get(oper, 0) + amount
+                            gens[oper] += amount
                     regions.append(Region(keys, vels, g[SAMPLE_ID], gens))
             self._presets.setdefault((bank, program), (_name(pname), regions))
 

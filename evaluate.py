@@ -1,0 +1,221 @@
+"""Evaluation: the style classifier, the metrics, and the results tables.
+
+The paper scores transfer by style accuracy, Frechet Audio Distance and listening tests.
+The built-in dataset is paired (every test piece exists in every style), so here a transfer
+"piece P, style S -> T" is also scored against its ground truth, the rendering of P in T.
+
+    StyleClassifier: spec (B, 1, n_mels, T) -> logits (B, n_styles), embedding (B, emb_dim)
+    metrics: pure functions on tensors -> one number per item (or per set, for FAD-C)
+    score_system: system(source wave, source style, target style, piece) -> wave, scored
+                  over all ordered pairs of distinct styles
+"""
+import math
+import statistics
+import time
+
+import numpy as np
+import scipy.linalg
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from stft import stft
+
+
+# ---------------------------------------------------------------- the style classifier
+class StyleClassifier(nn.Module):
+    """A small CNN on normalised log-mel with a pooled embedding (used for accuracy, FAD-C)."""
+
+    def __init__(self, n_styles, channels=(16, 32, 64, 128), emb_dim=128):
+        super().__init__()
+        blocks, c_in = [], 1
+        for c in channels:               # each block halves frequency and time
+            blocks += [nn.Conv2d(c_in, c, 3, padding=1), nn.GroupNorm(8, c), nn.SiLU(),
+                       nn.MaxPool2d(2)]
+            c_in = c
+        self.features = nn.Sequential(*blocks)
+        self.proj = nn.Linear(2 * c_in, emb_dim)
+        self.head = nn.Linear(emb_dim, n_styles)
+
+    def embed(self, spec):
+        h = self.features(spec)                                   # (B, C, F/16, T/16)
+        pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)  # (B, 2C)
+        return F.silu(self.proj(pooled))                          # (B, emb_dim)
+
+    def forward(self, spec):
+        return self.head(self.embed(spec))                        # (B, n_styles)
+
+
+# ---------------------------------------------------------------- metrics
+def style_accuracy(logits, target):
+    """Fraction of items whose predicted style is the target style."""
+    return (logits.argmax(dim=-1) == target).float().mean().item()
+
+
+def frechet_distance(emb_a, emb_b, eps=1e-6):
+    """|mu_a - mu_b|^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2)) between two sets of embeddings.
+
+    Heusel et al. 2017 (FID); with classifier embeddings this is FAD-C. emb: (N, D).
+    """
+    a, b = (np.asarray(e, dtype=np.float64) for e in (emb_a, emb_b))
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = (np.atleast_2d(np.cov(e, rowvar=False)) for e in (a, b))
+    covmean = scipy.linalg.sqrtm(cov_a @ cov_b)
+    if not np.isfinite(covmean).all():   # singular product: nudge both covariances
+        offset = eps * np.eye(len(mu_a))
+        covmean = scipy.linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    covmean = covmean.real               # tiny imaginary parts are numerical noise
+    diff = mu_a - mu_b
+    return float(max(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean),
+                     0.0))
+
+
+def chroma_filterbank(sample_rate, n_fft, fmin=110.0, fmax=4000.0):
+    """(12, n_fft//2+1): each FFT bin in [fmin, fmax] goes to its nearest pitch class.
+
+    pitch = 69 + 12 log2(f / 440) (MIDI numbers, A4 = 440 Hz); class 0 is C.
+    """
+    freqs = torch.arange(n_fft // 2 + 1) * sample_rate / n_fft
+    fb = torch.zeros(12, len(freqs))
+    keep = (freqs >= fmin) & (freqs <= fmax)
+    pitch_class = torch.round(69 + 12 * torch.log2(freqs[keep] / 440.0)).long() % 12
+    fb[pitch_class, keep.nonzero().squeeze(1)] = 1.0
+    return fb
+
+
+def chroma(wave, sample_rate, n_fft=4096, hop=1024):
+    """Wave (B, N) -> frame-normalised 12-bin chroma (B, 12, T) from the STFT energy."""
+    power = stft(wave, n_fft, hop).abs() ** 2                     # (B, F, T)
+    c = chroma_filterbank(sample_rate, n_fft).to(power) @ power   # (B, 12, T)
+    return c / c.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+
+def _crop(x, y):
+    n = min(x.shape[-1], y.shape[-1])
+    return x[..., :n], y[..., :n]
+
+
+def content_similarity(wave_a, wave_b, sample_rate):
+    """Mean frame-wise cosine of chroma (B,): 1 = same notes, whatever the instruments."""
+    wave_a, wave_b = _crop(wave_a, wave_b)
+    ca, cb = chroma(wave_a, sample_rate), chroma(wave_b, sample_rate)
+    voiced = (ca.sum(1) > 0) & (cb.sum(1) > 0)                    # skip silent frames
+    cos = (ca * cb).sum(1)                                        # (B, T)
+    return (cos * voiced).sum(-1) / voiced.sum(-1).clamp_min(1)
+
+
+def logmel_l1(spec_a, spec_b):
+    """Mean absolute difference of normalised log-mel (B,)."""
+    spec_a, spec_b = _crop(spec_a, spec_b)
+    return (spec_a - spec_b).abs().mean(dim=(1, 2, 3))
+
+
+def mrstft_distance(wave_ref, wave_est, resolutions=((512, 128), (1024, 256), (2048, 512)),
+                    eps=1e-5):
+    """Multi-resolution STFT distance (B,): spectral convergence + log-magnitude L1,
+    averaged over resolutions (Yamamoto et al. 2020, Parallel WaveGAN)."""
+    wave_ref, wave_est = _crop(wave_ref, wave_est)
+    total = 0.0
+    for n_fft, hop in resolutions:
+        ref, est = stft(wave_ref, n_fft, hop).abs(), stft(wave_est, n_fft, hop).abs()
+        sc = (ref - est).norm(dim=(-2, -1)) / ref.norm(dim=(-2, -1)).clamp_min(eps)
+        log_mag = (ref.clamp_min(eps).log() - est.clamp_min(eps).log()).abs().mean(dim=(-2, -1))
+        total = total + sc + log_mag
+    return total / len(resolutions)
+
+
+def log_spectral_distance(wave_ref, wave_est, n_fft=1024, hop=256, eps=1e-10):
+    """LSD in dB (B,): per frame sqrt(mean_f (10 log10 P_ref - 10 log10 P_est)^2), averaged."""
+    wave_ref, wave_est = _crop(wave_ref, wave_est)
+    db = [10 * torch.log10(stft(w, n_fft, hop).abs().pow(2).clamp_min(eps))
+          for w in (wave_ref, wave_est)]
+    return (db[0] - db[1]).pow(2).mean(dim=-2).sqrt().mean(dim=-1)
+
+
+def real_time_factor(fn, audio_seconds, repeats=5, warmup=1):
+    """Median compute seconds per second of audio over `repeats` calls, after a warm-up."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) / audio_seconds
+
+
+def matmul_gflops(n=1024, dtype=torch.float32, device="cpu", repeats=10):
+    """This machine's dense matmul throughput (GFLOP/s), printed beside every speed figure."""
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    seconds = real_time_factor(lambda: a @ b, 1.0, repeats=repeats, warmup=2)
+    return 2 * n ** 3 / seconds / 1e9
+
+
+# ---------------------------------------------------------------- scoring a system
+@torch.no_grad()
+def score_system(system, waves, styles, classifier, logmel, sample_rate, window_seconds=4.0):
+    """Score `system` over every test piece and every ordered pair of distinct styles.
+
+    waves: {(piece, style): wave (N,)} ground-truth renderings (the paired test split).
+    system(wave, source_style, target_style, piece) -> wave (N',).
+    FAD-C is computed per target style (outputs for T against the ground truth in T, each
+    clip cut into windows of the classifier's clip length) and averaged over styles: over
+    all pairs, the identity's outputs would otherwise have exactly the targets' distribution.
+    """
+    pieces = sorted({p for p, _ in waves})
+    stats = {k: [] for k in ("correct", "content_target", "content_source", "logmel_l1",
+                             "mrstft", "lsd")}
+    emb_out, emb_ref = {t: [] for t in styles}, {t: [] for t in styles}
+    compute, audio_seconds, window = 0.0, 0.0, int(window_seconds * sample_rate)
+    for piece in pieces:
+        for src in styles:
+            for tgt in (t for t in styles if t != src):
+                t0 = time.perf_counter()
+                out = system(waves[piece, src], src, tgt, piece)
+                compute += time.perf_counter() - t0
+                out, ref = _crop(out[None].float(), waves[piece, tgt][None])
+                source = waves[piece, src][None]
+                spec_out, spec_ref = logmel(out), logmel(ref)
+                label = classifier(spec_out).argmax(-1).item()
+                stats["correct"].append(float(label == styles.index(tgt)))
+                n = max(1, out.shape[-1] // window)      # (n, window) windows for FAD-C
+                for x, bank in ((out, emb_out[tgt]), (ref, emb_ref[tgt])):
+                    chunks = x[0, :n * window].reshape(n, -1) if x.shape[-1] >= window else x
+                    bank.append(classifier.embed(logmel(chunks)).numpy())
+                stats["content_target"].append(content_similarity(out, ref, sample_rate).item())
+                stats["content_source"].append(
+                    content_similarity(out, source, sample_rate).item())
+                stats["logmel_l1"].append(logmel_l1(spec_out, spec_ref).item())
+                stats["mrstft"].append(mrstft_distance(ref, out).item())
+                stats["lsd"].append(log_spectral_distance(ref, out).item())
+                audio_seconds += ref.shape[-1] / sample_rate
+    result = {k: float(np.mean(v)) for k, v in stats.items()}
+    result["style_accuracy"] = 100 * result.pop("correct")
+    result["fad_c"] = float(np.mean([frechet_distance(np.concatenate(emb_out[t]),
+                                                      np.concatenate(emb_ref[t]))
+                                     for t in styles]))
+    result["rtf"] = compute / audio_seconds
+    result["pairs"] = len(stats["lsd"])
+    return result
+
+
+COLUMNS = [("style_accuracy", "style acc. (%) ↑", "{:.1f}"),
+           ("content_target", "content vs target ↑", "{:.3f}"),
+           ("content_source", "content vs source", "{:.3f}"),
+           ("fad_c", "FAD-C ↓", "{:.2f}"),
+           ("logmel_l1", "log-mel L1 ↓", "{:.3f}"),
+           ("mrstft", "MR-STFT ↓", "{:.3f}"),
+           ("lsd", "LSD (dB) ↓", "{:.2f}"),
+           ("rtf", "RTF", "{:.4f}")]
+
+
+def results_table(rows):
+    """Markdown table of {system: metrics} in COLUMNS order."""
+    lines = ["| system | " + " | ".join(c[1] for c in COLUMNS) + " |",
+             "|---|" + "---:|" * len(COLUMNS)]
+    for name, m in rows.items():
+        cells = [fmt.format(m[k]) if k in m and math.isfinite(m[k]) else "-"
+                 for k, _, fmt in COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
