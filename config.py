@@ -26,8 +26,8 @@ class AudioConfig:
     log_floor: float = 1e-5   # log(1e-5) = -11.5 is the silence level
     # Fixed global normalisation of log-mel (never per clip, so loudness survives a
     # round trip): measured once over the built-in training split, see README.
-    norm_mean: float = -5.0
-    norm_std: float = 2.5
+    norm_mean: float = -4.5
+    norm_std: float = 2.1
 
 
 @dataclass
@@ -50,6 +50,7 @@ class ClassifierConfig:
     weight_decay: float = 0.01
     warmup: int = 100
     ema: float = 0.995
+    grad_accum: int = 1
     clip_seconds: float = 4.0
     gain_db: float = 6.0      # random gain augmentation: style is not loudness
 

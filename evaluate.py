@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from stft import stft
+from stft import griffin_lim, stft
 
 
 # ---------------------------------------------------------------- the style classifier
@@ -219,3 +219,47 @@ def results_table(rows):
                  for k, _, fmt in COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def reference_systems(waves, logmel, n_fft, hop):
+    """The rows every later number is read against (ground truth, identity, wrong piece,
+    Griffin-Lim): each is system(wave, source style, target style, piece) -> wave."""
+    ids = sorted({p for p, _ in waves})
+    generator = torch.Generator().manual_seed(0)
+
+    def griffin_lim_resynthesis(wave, src, tgt, piece):
+        target = waves[piece, tgt]
+        magnitude = logmel.mel_to_magnitude(logmel(target[None]))
+        return griffin_lim(magnitude, n_fft, hop, n_iter=64, length=len(target),
+                           generator=generator)[0]
+
+    return {
+        "oracle (target-style ground truth)": lambda w, s, t, p: waves[p, t],
+        "identity (source unchanged)": lambda w, s, t, p: w,
+        "random target (other piece, target style)":
+            lambda w, s, t, p: waves[ids[(ids.index(p) + 1) % len(ids)], t],
+        "Griffin-Lim, 64 it. (ground-truth log-mel)": griffin_lim_resynthesis,
+    }
+
+
+def results_markdown(results):
+    """RESULTS.md from results.json: the machine, the command, the tables, the legend."""
+    t = results["test_set"]
+    return (f"# Results\n\nMade by `{results['command']}` on {results['machine']}.\n\n"
+            f"## Transfer\n\nTest split: {t['pieces']} held-out pieces x {len(t['styles'])} "
+            f"styles ({', '.join(t['styles'])}), {t['seconds']:.0f} s each; every ordered "
+            f"pair of distinct styles, scored against the ground-truth rendering of the piece "
+            f"in the target style.\n\n{results_table(results['transfer'])}\n\n"
+            f"{METRICS_NOTE}\n")
+
+
+METRICS_NOTE = """- *style acc.*: the style classifier (`evaluate.StyleClassifier`, trained on the
+  train split) names the target style.
+- *content vs target / source*: mean frame-wise cosine of 12-bin chroma against the
+  ground truth in the target style / the source; 1 means the same notes.
+- *FAD-C*: Frechet distance between classifier embeddings of the outputs and of the
+  ground-truth renderings in the target style, per target style, averaged. The usual
+  VGGish embedding (FAD) cannot be downloaded here, so this uses the project's own
+  classifier: compare values within this table only.
+- *log-mel L1, MR-STFT, LSD*: spectral distances to the ground truth in the target style.
+- *RTF*: compute seconds per second of audio (lower is faster), on the machine above."""

@@ -7,6 +7,7 @@
 Stages land one issue at a time; `--help` lists the ones that exist.
 """
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -17,8 +18,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import config
@@ -28,6 +32,22 @@ from stft import LogMel, griffin_lim
 
 
 # ---------------------------------------------------------------- the shared training loop
+def setup_distributed(device):
+    """Under torchrun, join the process group (NCCL on CUDA, gloo on CPU); else run alone.
+
+    Returns (rank, world_size, device): each CUDA process takes the GPU of its local rank.
+    """
+    if "RANK" not in os.environ:
+        return 0, 1, torch.device(device)
+    device = torch.device(device)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
 def lr_at(step, lr, warmup, total):
     """Linear warm-up, then cosine decay to 10% of the peak."""
     if step < warmup:
@@ -36,42 +56,106 @@ def lr_at(step, lr, warmup, total):
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def forever(loader):
-    while True:
-        yield from loader
+def get_batch(dataset, n, batch_size, seed, rank=0, world=1):
+    """The n-th (micro-)batch of a run: a pure function of its arguments.
 
-
-def train_loop(model, loss_fn, batches, steps, lr, weight_decay, warmup, ema_decay, log_dir,
-               desc, validate=None, every=200):
-    """AdamW + warm-up/cosine + gradient clipping + EMA weights; returns the EMA model.
-
-    loss_fn(model, batch) -> scalar loss; validate(model) -> dict of numbers, run on the
-    EMA model every `every` steps. One JSON line per log in log_dir/log.jsonl.
+    Epoch e visits the dataset in the order of a DistributedSampler seeded by (seed, e), each
+    rank its own share; the random draws inside the dataset (clip offsets) are seeded by
+    (seed, n, rank). So `--resume` continues exactly without saving any data state.
     """
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    per_epoch = (len(dataset) // world) // batch_size
+    assert per_epoch > 0, f"dataset of {len(dataset)} items is smaller than one batch"
+    epoch, k = divmod(n, per_epoch)
+    sampler = torch.utils.data.DistributedSampler(dataset, world, rank, shuffle=True, seed=seed,
+                                                  drop_last=True)
+    sampler.set_epoch(epoch)
+    indices = list(sampler)[k * batch_size:(k + 1) * batch_size]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_mix(seed, n, rank, 1))
+        return torch.utils.data.default_collate([dataset[i] for i in indices])
+
+
+def _mix(*values):
+    """A 63-bit seed from a tuple of integers (numpy's SeedSequence hashing)."""
+    return int(np.random.SeedSequence(list(values)).generate_state(2, np.uint64)[0] >> 1)
+
+
+def accumulate_gradients(net, loss_fn, dataset, step, accum, batch_size, seed, rank, world,
+                         device, autocast):
+    """Forward and backward over the step's `accum` micro-batches; DDP all-reduces once."""
+    torch.manual_seed(_mix(seed, step, rank, 2))        # the loss's own noise: exact on resume
+    loss_sum = 0.0
+    for micro in range(accum):
+        batch = get_batch(dataset, step * accum + micro, batch_size, seed, rank, world)
+        batch = [b.to(device) if torch.is_tensor(b) else b for b in batch]
+        last = micro == accum - 1
+        with (contextlib.nullcontext() if last or world == 1 else net.no_sync()), autocast:
+            loss = loss_fn(net, batch) / accum
+        loss.backward()
+        loss_sum += loss.item()
+    return loss_sum
+
+
+def train_loop(model, loss_fn, dataset, c, args, stage, validate=None, extra=None):
+    """The loop every stage shares: AdamW, warm-up + cosine, clipping, EMA, bf16 autocast,
+    gradient accumulation, DDP, JSON-lines log, validation, atomic checkpoints, --resume.
+
+    model: nn.Module (on its device); loss_fn(model, batch) -> scalar; c: the stage's config
+    (steps, batch_size, lr, weight_decay, warmup, ema, grad_accum); validate(ema_model) ->
+    dict; extra() -> dict of things stored in the checkpoint beside the EMA weights.
+    Returns the EMA model.
+    """
+    rank, world, device = setup_distributed(args.device)
+    steps, accum = args.steps or c.steps, c.grad_accum
+    batch_size = (args.batch_size or c.batch_size) // (world * accum)
+    assert batch_size > 0, "batch size must be at least world size x grad_accum"
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    log_dir = Path(log_dir)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log = open(log_dir / "log.jsonl", "a")
-    bar, t0 = tqdm(range(steps), desc=desc), time.perf_counter()
+    net = DDP(model) if world > 1 else model
+    opt = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+    ckpt_dir = Path(args.ckpt_dir)
+    state_path, step = ckpt_dir / f"{stage}.train.pt", 0
+    if args.resume and state_path.is_file():
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+    log_dir = Path(args.runs) / stage
+    if rank == 0:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(range(step, steps), desc=stage, initial=step, total=steps, disable=rank != 0)
+    t0 = time.perf_counter()
     for step in bar:
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, lr, warmup, steps)
-        loss = loss_fn(model, next(batches))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+            group["lr"] = lr_at(step, c.lr, c.warmup, steps)
+        loss_sum = accumulate_gradients(net, loss_fn, dataset, step, accum, batch_size,
+                                        args.seed, rank, world, device, autocast)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        opt.zero_grad(set_to_none=True)
         with torch.no_grad():                       # ema <- decay ema + (1 - decay) model
-            torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - ema_decay)
-        record = dict(step=step + 1, loss=loss.item(), grad_norm=grad_norm.item(),
-                      lr=group["lr"], steps_per_s=(step + 1) / (time.perf_counter() - t0))
-        if validate and ((step + 1) % every == 0 or step + 1 == steps):
+            torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - c.ema)
+            for b_ema, b in zip(ema.buffers(), model.buffers()):
+                b_ema.copy_(b)
+        done = step + 1
+        if rank != 0:
+            continue
+        record = dict(step=done, loss=loss_sum, grad_norm=grad_norm.item(), lr=group["lr"],
+                      steps_per_s=(done - bar.initial) / (time.perf_counter() - t0))
+        if validate and (done % args.val_every == 0 or done == steps):
             record.update(validate(ema))
-        bar.set_postfix(loss=f"{record['loss']:.4f}", **{k: f"{v:.3f}" for k, v in record.items()
-                                                          if k.startswith("val")})
-        log.write(json.dumps(record) + "\n")
-    log.close()
+        bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("loss",) or
+                         k.startswith("val")})
+        with open(log_dir / "log.jsonl", "a") as log:
+            log.write(json.dumps(record) + "\n")
+        if done % args.save_every == 0 or done == steps:
+            config.save_checkpoint(state_path, model=model.state_dict(), ema=ema.state_dict(),
+                                   opt=opt.state_dict(), step=done)
+            config.save_checkpoint(ckpt_dir / f"{stage}.pt", model=ema.state_dict(), step=done,
+                                   **(extra() if extra else {}))
+    if world > 1:
+        dist.barrier()
     return ema
 
 
@@ -99,38 +183,33 @@ def stage_data(args, cfg):
 
 
 def stage_classifier(args, cfg):
-    c, device = cfg.classifier, torch.device(args.device)
-    torch.manual_seed(args.seed)
+    c = cfg.classifier
+    rank, world, device = setup_distributed(args.device)
     train = data.AudioFolder(args.data, "train", cfg.audio.sample_rate, c.clip_seconds,
-                             random_clips=True, progress=tqdm)
+                             random_clips=True, progress=tqdm if rank == 0 else None)
     val = data.AudioFolder(args.data, "val", cfg.audio.sample_rate, c.clip_seconds,
                            random_clips=False, styles=train.styles)
-    loader = torch.utils.data.DataLoader(train, batch_size=args.batch_size or c.batch_size,
-                                         shuffle=True, drop_last=True)
-    val_loader = torch.utils.data.DataLoader(val, batch_size=64)
     logmel = LogMel(**asdict(cfg.audio)).to(device)
+    torch.manual_seed(args.seed)
     model = evaluate.StyleClassifier(len(train.styles), c.channels, c.emb_dim).to(device)
 
     def loss_fn(model, batch):
-        wave, label = (t.to(device) for t in batch)
+        wave, label = batch
         gain_db = (torch.rand(len(wave), 1, device=device) * 2 - 1) * c.gain_db
         return F.cross_entropy(model(logmel(wave * 10 ** (gain_db / 20))), label)
 
     @torch.no_grad()
     def validate(model):
+        loader = torch.utils.data.DataLoader(val, batch_size=64)
         correct = sum((model(logmel(w.to(device))).argmax(-1).cpu() == y).sum().item()
-                      for w, y in val_loader)
+                      for w, y in loader)
         return {"val_accuracy": correct / len(val)}
 
-    steps = args.steps or c.steps
-    ema = train_loop(model, loss_fn, forever(loader), steps, c.lr, c.weight_decay, c.warmup,
-                     c.ema, Path(args.runs) / "classifier", "classifier", validate)
-    acc = validate(ema)["val_accuracy"]
-    path = Path(args.ckpt_dir) / "classifier.pt"
-    config.save_checkpoint(path, config=config.config_to_dict(cfg), model=ema.state_dict(),
-                           styles=train.styles, step=steps, val_accuracy=acc)
-    print(f"classifier: {sum(p.numel() for p in ema.parameters())} parameters, "
-          f"validation accuracy {100 * acc:.1f}% on {len(val)} clips -> {path}")
+    ema = train_loop(model, loss_fn, train, c, args, "classifier", validate,
+                     extra=lambda: dict(config=config.config_to_dict(cfg), styles=train.styles))
+    if rank == 0:
+        print(f"classifier: {sum(p.numel() for p in ema.parameters())} parameters, validation "
+              f"accuracy {100 * validate(ema)['val_accuracy']:.1f}% on {len(val)} clips")
 
 
 def load_classifier(ckpt_dir):
@@ -152,29 +231,6 @@ def machine_description():
             f"{evaluate.matmul_gflops(dtype=torch.bfloat16):.0f} GFLOP/s bf16")
 
 
-def reference_systems(waves, cfg):
-    """The rows every later number is read against (ground truth, identity, wrong piece,
-    Griffin-Lim): system(wave, source style, target style, piece) -> wave."""
-    ids = sorted({p for p, _ in waves})
-    a = cfg.audio
-    logmel = LogMel(**asdict(a))
-    generator = torch.Generator().manual_seed(0)
-
-    def griffin_lim_resynthesis(wave, src, tgt, piece):
-        target = waves[piece, tgt]
-        magnitude = logmel.mel_to_magnitude(logmel(target[None]))
-        return griffin_lim(magnitude, a.n_fft, a.hop, n_iter=64, length=len(target),
-                           generator=generator)[0]
-
-    return {
-        "oracle (target-style ground truth)": lambda w, s, t, p: waves[p, t],
-        "identity (source unchanged)": lambda w, s, t, p: w,
-        "random target (other piece, target style)":
-            lambda w, s, t, p: waves[ids[(ids.index(p) + 1) % len(ids)], t],
-        "Griffin-Lim, 64 it. (ground-truth log-mel)": griffin_lim_resynthesis,
-    }
-
-
 def stage_eval(args, cfg):
     classifier, styles, cfg = load_classifier(args.ckpt_dir)
     waves, test_styles = data.load_paired_split(args.data, "test", cfg.audio.sample_rate,
@@ -188,7 +244,9 @@ def stage_eval(args, cfg):
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     rows = results.setdefault("transfer", {})
     computed = {"Griffin-Lim, 64 it. (ground-truth log-mel)"}
-    for name, system in tqdm(reference_systems(waves, cfg).items(), desc="scoring"):
+    systems = evaluate.reference_systems(waves, LogMel(**asdict(cfg.audio)), cfg.audio.n_fft,
+                                           cfg.audio.hop)
+    for name, system in tqdm(systems.items(), desc="scoring"):
         rows[name] = evaluate.score_system(system, waves, styles, classifier, logmel,
                                            cfg.audio.sample_rate)
         if name not in computed:
@@ -207,27 +265,9 @@ def stage_eval(args, cfg):
 
 
 def write_results_md(results, path):
-    t = results["test_set"]
-    text = (f"# Results\n\nMade by `{results['command']}` on {results['machine']}.\n\n"
-            f"## Transfer\n\nTest split: {t['pieces']} held-out pieces x {len(t['styles'])} "
-            f"styles ({', '.join(t['styles'])}), {t['seconds']:.0f} s each; every ordered "
-            f"pair of distinct styles, scored against the ground-truth rendering of the piece "
-            f"in the target style.\n\n{evaluate.results_table(results['transfer'])}\n\n"
-            f"{METRICS_NOTE}\n")
     tmp = Path(str(path) + ".tmp")
-    tmp.write_text(text)
+    tmp.write_text(evaluate.results_markdown(results))
     os.replace(tmp, path)
-
-
-METRICS_NOTE = """- *style acc.*: the style classifier (`evaluate.StyleClassifier`, trained on the
-  train split) names the target style.
-- *content vs target / source*: mean frame-wise cosine of 12-bin chroma against the
-  ground truth in the target style / the source; 1 means the same notes.
-- *FAD-C*: Frechet distance between classifier embeddings of the outputs and of the
-  ground-truth target renderings. The usual VGGish embedding (FAD) cannot be downloaded
-  here, so this uses the project's own classifier: compare values within this table only.
-- *log-mel L1, MR-STFT, LSD*: spectral distances to the ground truth in the target style.
-- *RTF*: compute seconds per second of audio (lower is faster), on the machine above."""
 
 
 STAGES = {"data": stage_data, "classifier": stage_classifier, "eval": stage_eval}
@@ -247,6 +287,10 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=None, help="default: preset")
     p.add_argument("--pieces", type=int, default=None,
                    help="data: pieces to build (default: preset); eval: test pieces to score")
+    p.add_argument("--resume", action="store_true", help="continue from CKPT_DIR/STAGE.train.pt")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPU and CUDA)")
+    p.add_argument("--val-every", type=int, default=200, help="validation interval (steps)")
+    p.add_argument("--save-every", type=int, default=200, help="checkpoint interval (steps)")
     g = p.add_argument_group("data stage")
     g.add_argument("--out", default="data/builtin", help="where the built-in dataset is written")
     g.add_argument("--seconds", type=float, default=None, help="length of each piece")
