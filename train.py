@@ -90,20 +90,22 @@ def accumulate_gradients(net, loss_fn, dataset, step, accum, batch_size, seed, r
         batch = [b.to(device) if torch.is_tensor(b) else b for b in batch]
         last = micro == accum - 1
         with (contextlib.nullcontext() if last or world == 1 else net.no_sync()), autocast:
-            loss = loss_fn(net, batch) / accum
+            loss = loss_fn(net, batch, step) / accum
         loss.backward()
         loss_sum += loss.item()
     return loss_sum
 
 
-def train_loop(model, loss_fn, dataset, c, args, stage, validate=None, extra=None):
+def train_loop(model, loss_fn, dataset, c, args, stage, validate=None, extra=None,
+               export=lambda m: m):
     """The loop every stage shares: AdamW, warm-up + cosine, clipping, EMA, bf16 autocast,
     gradient accumulation, DDP, JSON-lines log, validation, atomic checkpoints, --resume.
 
-    model: nn.Module (on its device); loss_fn(model, batch) -> scalar; c: the stage's config
+    model: nn.Module (on its device); loss_fn(model, batch, step) -> scalar, calling the
+    model (DDP-wrapped when distributed) through its forward; c: the stage's config
     (steps, batch_size, lr, weight_decay, warmup, ema, grad_accum); validate(ema_model) ->
-    dict; extra() -> dict of things stored in the checkpoint beside the EMA weights.
-    Returns the EMA model.
+    dict; extra() -> dict of things stored in the checkpoint beside the EMA weights;
+    export(ema) -> the module whose weights go into CKPT_DIR/STAGE.pt. Returns the EMA model.
     """
     rank, world, device = setup_distributed(args.device)
     steps, accum = args.steps or c.steps, c.grad_accum
@@ -152,7 +154,8 @@ def train_loop(model, loss_fn, dataset, c, args, stage, validate=None, extra=Non
         if done % args.save_every == 0 or done == steps:
             config.save_checkpoint(state_path, model=model.state_dict(), ema=ema.state_dict(),
                                    opt=opt.state_dict(), step=done)
-            config.save_checkpoint(ckpt_dir / f"{stage}.pt", model=ema.state_dict(), step=done,
+            config.save_checkpoint(ckpt_dir / f"{stage}.pt", model=export(ema).state_dict(),
+                                   step=done,
                                    **(extra() if extra else {}))
     if world > 1:
         dist.barrier()
@@ -193,7 +196,7 @@ def stage_classifier(args, cfg):
     torch.manual_seed(args.seed)
     model = evaluate.StyleClassifier(len(train.styles), c.channels, c.emb_dim).to(device)
 
-    def loss_fn(model, batch):
+    def loss_fn(model, batch, step):
         wave, label = batch
         gain_db = (torch.rand(len(wave), 1, device=device) * 2 - 1) * c.gain_db
         return F.cross_entropy(model(logmel(wave * 10 ** (gain_db / 20))), label)

@@ -47,7 +47,7 @@ def _args(tmp_path, **kw):
     return argparse.Namespace(**dict(base, **kw))
 
 
-def _loss(model, batch):
+def _loss(model, batch, step):
     x, y = batch
     dropout = torch.nn.functional.dropout(model(x), 0.2)   # the loss's own randomness
     return torch.nn.functional.mse_loss(dropout, y)
@@ -65,11 +65,11 @@ def test_resume_matches_uninterrupted(tmp_path):
 
     calls = {"n": 0}
 
-    def crash_after_three_steps(model, batch):
+    def crash_after_three_steps(model, batch, step):
         calls["n"] += 1
         if calls["n"] > 3 * c.grad_accum:
             raise KeyboardInterrupt
-        return _loss(model, batch)
+        return _loss(model, batch, step)
 
     part = _model()
     with pytest.raises(KeyboardInterrupt):
@@ -120,7 +120,7 @@ def _ddp_worker(rank, world, port, out):
     dist.destroy_process_group()
 
 
-def _plain_loss(model, batch):
+def _plain_loss(model, batch, step):
     x, y = batch
     return torch.nn.functional.mse_loss(model(x), y)
 
