@@ -56,10 +56,31 @@ class ClassifierConfig:
 
 
 @dataclass
+class AutoencoderConfig:
+    """The perceptual autoencoder: log-mel (B, 1, 128, T) -> latent (B, 4, 32, T/4)."""
+    channels: tuple = (32, 64, 128)   # one level per entry: factor f = 2 ** (len - 1) = 4
+    latent_channels: int = 4
+    num_res_blocks: int = 1
+    kl_weight: float = 1e-6
+    spectral_weight: float = 1.0
+    adv_weight: float = 0.0           # > 0 turns on the patch discriminator ...
+    disc_start: int = 2000            # ... after this many steps
+    steps: int = 3000
+    batch_size: int = 16
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    warmup: int = 200
+    ema: float = 0.999
+    grad_accum: int = 1
+    clip_seconds: float = 2.0
+
+
+@dataclass
 class Config:
     audio: AudioConfig = field(default_factory=AudioConfig)
     data: DataConfig = field(default_factory=DataConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
 
 
 PRESETS = {

@@ -21,10 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+import autoencoder as ae_lib
 import config
 import data
 import evaluate
@@ -104,7 +106,7 @@ def train_loop(model, loss_fn, dataset, c, args, stage, validate=None, extra=Non
     model: nn.Module (on its device); loss_fn(model, batch, step) -> scalar, calling the
     model (DDP-wrapped when distributed) through its forward; c: the stage's config
     (steps, batch_size, lr, weight_decay, warmup, ema, grad_accum); validate(ema_model) ->
-    dict; extra() -> dict of things stored in the checkpoint beside the EMA weights;
+    dict; extra(ema) -> dict of things stored in the checkpoint beside the EMA weights;
     export(ema) -> the module whose weights go into CKPT_DIR/STAGE.pt. Returns the EMA model.
     """
     rank, world, device = setup_distributed(args.device)
@@ -156,7 +158,7 @@ def train_loop(model, loss_fn, dataset, c, args, stage, validate=None, extra=Non
                                    opt=opt.state_dict(), step=done)
             config.save_checkpoint(ckpt_dir / f"{stage}.pt", model=export(ema).state_dict(),
                                    step=done,
-                                   **(extra() if extra else {}))
+                                   **(extra(ema) if extra else {}))
     if world > 1:
         dist.barrier()
     return ema
@@ -209,10 +211,68 @@ def stage_classifier(args, cfg):
         return {"val_accuracy": correct / len(val)}
 
     ema = train_loop(model, loss_fn, train, c, args, "classifier", validate,
-                     extra=lambda: dict(config=config.config_to_dict(cfg), styles=train.styles))
+                     extra=lambda ema: dict(config=config.config_to_dict(cfg), styles=train.styles))
     if rank == 0:
         print(f"classifier: {sum(p.numel() for p in ema.parameters())} parameters, validation "
               f"accuracy {100 * validate(ema)['val_accuracy']:.1f}% on {len(val)} clips")
+
+
+class AutoencoderTraining(nn.Module):
+    """One autoencoder training step as one forward, so that DDP sees every parameter."""
+
+    def __init__(self, autoencoder, discriminator, c):
+        super().__init__()
+        self.autoencoder, self.discriminator, self.c = autoencoder, discriminator, c
+
+    def forward(self, spec, adv_weight):
+        loss, _ = ae_lib.autoencoder_loss(self.autoencoder, spec, self.c.kl_weight,
+                                          self.c.spectral_weight, self.discriminator, adv_weight)
+        return loss
+
+
+def stage_autoencoder(args, cfg):
+    c = cfg.autoencoder
+    rank, world, device = setup_distributed(args.device)
+    train = data.AudioFolder(args.data, "train", cfg.audio.sample_rate, c.clip_seconds,
+                             random_clips=True, progress=tqdm if rank == 0 else None)
+    val = data.AudioFolder(args.data, "val", cfg.audio.sample_rate, 4.0, random_clips=False,
+                           styles=train.styles)
+    logmel = LogMel(**asdict(cfg.audio)).to(device)
+    keep = range(0, len(val), max(1, len(val) // 64))          # 64 clips over all styles
+    val_specs = torch.cat([logmel(val[i][0][None].to(device)) for i in keep])
+    torch.manual_seed(args.seed)
+    autoencoder = ae_lib.Autoencoder(1, c.channels, c.latent_channels, c.num_res_blocks)
+    discriminator = ae_lib.PatchDiscriminator() if c.adv_weight > 0 else None
+    model = AutoencoderTraining(autoencoder, discriminator, c).to(device)
+
+    def loss_fn(net, batch, step):
+        wave, _ = batch
+        return net(logmel(wave), c.adv_weight if step >= c.disc_start else 0.0)
+
+    @torch.no_grad()
+    def validate(ema):
+        recon = torch.cat([ema.autoencoder(s)[0] for s in val_specs.split(16)])
+        return {"val_l1": (recon - val_specs).abs().mean().item()}
+
+    def extra(ema):                           # unit-variance latents for the diffusion stage
+        return dict(config=config.config_to_dict(cfg), styles=train.styles,
+                    latent_scale=ae_lib.latent_scale(ema.autoencoder, val_specs.split(16)))
+
+    ema = train_loop(model, loss_fn, train, c, args, "autoencoder", validate, extra,
+                     export=lambda ema: ema.autoencoder)
+    if rank == 0:
+        n = sum(p.numel() for p in ema.autoencoder.parameters())
+        z = ema.autoencoder.encode(val_specs[:1]).mode()
+        print(f"autoencoder: {n} parameters, latent {tuple(z.shape[1:])} for "
+              f"{tuple(val_specs.shape[1:])}, {validate(ema)}")
+
+
+def load_autoencoder(ckpt_dir):
+    ckpt = config.load_checkpoint(Path(ckpt_dir) / "autoencoder.pt", "autoencoder")
+    c = config.config_from_dict(ckpt["config"]).autoencoder
+    model = ae_lib.Autoencoder(1, c.channels, c.latent_channels, c.num_res_blocks)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt
 
 
 def load_classifier(ckpt_dir):
@@ -273,7 +333,8 @@ def write_results_md(results, path):
     os.replace(tmp, path)
 
 
-STAGES = {"data": stage_data, "classifier": stage_classifier, "eval": stage_eval}
+STAGES = {"data": stage_data, "classifier": stage_classifier, "autoencoder": stage_autoencoder,
+          "eval": stage_eval}
 
 
 def parse_args(argv=None):

@@ -1,0 +1,183 @@
+"""The perceptual autoencoder: log-mel spectrogram <-> a small latent (perceptual compression).
+
+Latent diffusion (Rombach et al. 2022, Sec. 3.1) runs the diffusion model in the latent
+space of a KL-regularised autoencoder instead of on the spectrogram itself; the paper does
+the same with spectrograms. The encoder gives a diagonal Gaussian posterior q(z | x); the
+loss is reconstruction (L1 + a multi-scale spectral term) + a small KL weight, with an
+optional patch discriminator (hinge loss) switched on after a warm-up.
+
+    spec (B, 1, n_mels, T) -encode-> posterior over z (B, c, n_mels/f, ceil(T/f)) -decode-> spec
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+SILENCE = -3.3  # normalised log-mel of silence (log 1e-5, config.AudioConfig): pad value
+
+
+def _norm(channels):
+    return nn.GroupNorm(min(32, channels // 4), channels)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice with a residual connection (1x1 conv when widths differ)."""
+
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.block = nn.Sequential(_norm(c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1),
+                                   _norm(c_out), nn.SiLU(), nn.Conv2d(c_out, c_out, 3, padding=1))
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x):
+        return self.skip(x) + self.block(x)
+
+
+class Downsample(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)                                   # (B, C, F/2, T/2)
+
+
+class Upsample(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))  # (B, C, 2F, 2T)
+
+
+class DiagonalGaussian:
+    """q(z | x) = N(mean, diag(exp(logvar))) from the encoder's (B, 2c, ...) output."""
+
+    def __init__(self, moments):
+        self.mean, logvar = moments.chunk(2, dim=1)
+        self.logvar = logvar.clamp(-30.0, 20.0)
+        self.std = torch.exp(0.5 * self.logvar)
+
+    def sample(self, generator=None):
+        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device,
+                            dtype=self.mean.dtype)
+        return self.mean + self.std * noise                   # reparameterisation trick
+
+    def mode(self):
+        return self.mean
+
+    def kl(self):
+        """KL(q || N(0, I)) = 0.5 sum(mean^2 + var - 1 - logvar), one value per item (B,)."""
+        return 0.5 * (self.mean ** 2 + self.logvar.exp() - 1.0 - self.logvar).flatten(1).sum(1)
+
+
+class Autoencoder(nn.Module):
+    """Encoder and decoder of ResBlocks; f = 2 ** (len(channels) - 1) along both axes."""
+
+    def __init__(self, in_channels=1, channels=(32, 64, 128), latent_channels=4,
+                 num_res_blocks=1):
+        super().__init__()
+        self.factor = 2 ** (len(channels) - 1)
+        enc = [nn.Conv2d(in_channels, channels[0], 3, padding=1)]
+        for i, c in enumerate(channels):
+            c_prev = channels[max(i - 1, 0)]
+            enc += [ResBlock(c_prev if j == 0 else c, c) for j in range(num_res_blocks)]
+            if i < len(channels) - 1:
+                enc.append(Downsample(c))
+        enc += [_norm(channels[-1]), nn.SiLU(), nn.Conv2d(channels[-1], 2 * latent_channels, 3,
+                                                          padding=1)]
+        self.encoder = nn.Sequential(*enc)
+        dec = [nn.Conv2d(latent_channels, channels[-1], 3, padding=1)]
+        rev = list(reversed(channels))
+        for i, c in enumerate(rev):
+            c_prev = rev[max(i - 1, 0)]
+            dec += [ResBlock(c_prev if j == 0 else c, c) for j in range(num_res_blocks)]
+            if i < len(rev) - 1:
+                dec.append(Upsample(c))
+        dec += [_norm(channels[0]), nn.SiLU(), nn.Conv2d(channels[0], in_channels, 3, padding=1)]
+        self.decoder = nn.Sequential(*dec)
+
+    def encode(self, spec):
+        """Pad the time (and mel) axis with silence up to a multiple of f: any length works."""
+        pad_f, pad_t = (-spec.shape[-2]) % self.factor, (-spec.shape[-1]) % self.factor
+        spec = F.pad(spec, (0, pad_t, 0, pad_f), value=SILENCE)
+        return DiagonalGaussian(self.encoder(spec))           # z: (B, c, F/f, T/f)
+
+    def decode(self, z, length=None):
+        spec = self.decoder(z)                                # (B, 1, F, T)
+        return spec if length is None else spec[..., :length]
+
+    def forward(self, spec, generator=None):
+        posterior = self.encode(spec)
+        z = posterior.sample(generator) if self.training else posterior.mode()
+        recon = self.decode(z)[..., :spec.shape[-2], :spec.shape[-1]]
+        return recon, posterior
+
+
+def multiscale_spectral_loss(spec, recon, scales=(1, 2, 4, 8)):
+    """L1 between log-mels average-pooled by 1, 2, 4, 8 (coarse structure weighs more than
+    in plain L1), plus spectral convergence of exp(spec), a linear-magnitude proxy that
+    stresses the loud bins where the music is."""
+    total = 0.0
+    for s in scales:
+        a = F.avg_pool2d(spec, s, ceil_mode=True) if s > 1 else spec
+        b = F.avg_pool2d(recon, s, ceil_mode=True) if s > 1 else recon
+        total = total + (a - b).abs().mean()
+    mag, mag_hat = spec.exp(), recon.exp()
+    sc = ((mag - mag_hat).flatten(1).norm(dim=1) / mag.flatten(1).norm(dim=1)).mean()
+    return total / len(scales) + sc
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN (Isola et al. 2017): a logit per spectrogram patch, not one per clip."""
+
+    def __init__(self, channels=(32, 64, 128)):
+        super().__init__()
+        layers, c_in = [], 1
+        for c in channels:
+            layers += [nn.Conv2d(c_in, c, 4, stride=2, padding=1), _norm(c), nn.LeakyReLU(0.2)]
+            c_in = c
+        layers.append(nn.Conv2d(c_in, 1, 3, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, spec):
+        return self.net(spec)                                  # (B, 1, F/8, T/8)
+
+
+def hinge_d_loss(real_logits, fake_logits):
+    return 0.5 * (F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean())
+
+
+def hinge_g_loss(fake_logits):
+    return -fake_logits.mean()
+
+
+def autoencoder_loss(model, spec, kl_weight=1e-6, spectral_weight=1.0, discriminator=None,
+                     adv_weight=0.0, generator=None):
+    """One scalar whose single backward trains the autoencoder and the discriminator.
+
+    The generator's adversarial term sees the discriminator through detached parameters
+    (torch.func.functional_call), so it cannot move the discriminator; the discriminator's
+    hinge term sees recon.detach(), so it cannot move the autoencoder.
+    """
+    recon, posterior = model(spec, generator)
+    rec = (recon - spec).abs().mean()
+    spectral = multiscale_spectral_loss(spec, recon)
+    kl = posterior.kl().mean()
+    loss = rec + spectral_weight * spectral + kl_weight * kl
+    logs = dict(l1=rec.item(), spectral=spectral.item(), kl=kl.item())
+    if discriminator is not None:
+        frozen = {k: v.detach() for k, v in discriminator.named_parameters()}
+        g_adv = hinge_g_loss(torch.func.functional_call(discriminator, frozen, (recon,)))
+        d_loss = hinge_d_loss(discriminator(spec), discriminator(recon.detach()))
+        loss = loss + adv_weight * g_adv + d_loss
+        logs.update(g_adv=g_adv.item(), d_loss=d_loss.item())
+    return loss, logs
+
+
+@torch.no_grad()
+def latent_scale(model, specs):
+    """1 / std of the posterior means over some spectrograms (latent-diffusion's
+    scale_factor), so that the diffusion stage sees unit-variance latents."""
+    means = torch.cat([model.encode(s).mode().flatten() for s in specs])
+    return float(1.0 / means.std())

@@ -1,0 +1,92 @@
+"""Tests for autoencoder.py: shapes at any length, the KL term, the losses' wiring."""
+import pytest
+import torch
+
+import autoencoder as A
+
+
+def _model():
+    torch.manual_seed(0)
+    return A.Autoencoder(1, channels=(8, 16, 16), latent_channels=4, num_res_blocks=1)
+
+
+@pytest.mark.parametrize("frames", [61, 64, 127, 251])
+def test_shapes_for_any_length(frames):
+    model = _model().eval()
+    spec = torch.randn(2, 1, 128, frames)
+    posterior = model.encode(spec)
+    assert posterior.mean.shape == (2, 4, 32, -(-frames // 4))
+    assert model.decode(posterior.mode(), length=frames).shape == spec.shape
+    recon, _ = model(spec)
+    assert recon.shape == spec.shape
+
+
+def test_kl_zero_for_standard_normal_and_closed_form():
+    moments = torch.zeros(3, 8, 4, 5)
+    assert torch.allclose(A.DiagonalGaussian(moments).kl(), torch.zeros(3), atol=1e-6)
+    g = torch.Generator().manual_seed(1)
+    mean, logvar = torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 4, 3, 3, generator=g)
+    q = A.DiagonalGaussian(torch.cat([mean, logvar], dim=1))
+    # KL(N(m, s^2) || N(0, 1)) = log(1/s) + (s^2 + m^2) / 2 - 1/2, summed over dimensions.
+    s = torch.exp(0.5 * logvar)
+    expected = (torch.log(1 / s) + (s ** 2 + mean ** 2) / 2 - 0.5).flatten(1).sum(1)
+    assert torch.allclose(q.kl(), expected, atol=1e-5)
+
+
+def test_sample_statistics():
+    mean, logvar = torch.full((1, 2, 1, 1), 1.5), torch.full((1, 2, 1, 1), -1.0)
+    q = A.DiagonalGaussian(torch.cat([mean, logvar], dim=1).expand(20000, -1, -1, -1))
+    z = q.sample(torch.Generator().manual_seed(0))
+    assert abs(z.mean().item() - 1.5) < 0.01
+    assert abs(z.std().item() - torch.exp(torch.tensor(-0.5)).item()) < 0.01
+    assert torch.equal(q.mode(), q.mean)
+
+
+def test_multiscale_spectral_loss():
+    x = torch.randn(2, 1, 32, 40, requires_grad=True)
+    assert A.multiscale_spectral_loss(x, x).item() == 0
+    y = x.detach() + 0.1 * torch.randn_like(x)
+    loss = A.multiscale_spectral_loss(y, x)
+    loss.backward()
+    assert loss.item() > 0 and x.grad.abs().sum() > 0
+
+
+def test_adversarial_terms_move_only_their_own_side():
+    model, disc = _model(), A.PatchDiscriminator(channels=(8, 8, 8))
+    spec = torch.randn(2, 1, 128, 32)
+    g = torch.Generator().manual_seed(3)
+    loss, _ = A.autoencoder_loss(model, spec, discriminator=disc, adv_weight=0.5,
+                                 generator=g)
+    loss.backward()
+    d_grads = [p.grad.clone() for p in disc.parameters()]
+    ae_grads = [p.grad.clone() for p in model.parameters()]
+    # (a) the discriminator's gradient is the hinge d-loss's alone.
+    for p in list(disc.parameters()) + list(model.parameters()):
+        p.grad = None
+    recon, _ = model(spec, torch.Generator().manual_seed(3))
+    A.hinge_d_loss(disc(spec), disc(recon.detach())).backward()
+    for a, p in zip(d_grads, disc.parameters()):
+        assert torch.allclose(a, p.grad, atol=1e-6)
+    # (b) the autoencoder's gradient includes the generator's adversarial term.
+    for p in list(disc.parameters()) + list(model.parameters()):
+        p.grad = None
+    plain, _ = A.autoencoder_loss(model, spec, generator=torch.Generator().manual_seed(3))
+    plain.backward()
+    assert any(not torch.allclose(a, p.grad) for a, p in zip(ae_grads, model.parameters()))
+
+
+def test_bf16_autocast_runs_close_to_fp32():
+    model = _model().eval()
+    spec = torch.randn(1, 1, 128, 40)
+    ref = model(spec)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(spec)[0].float()
+    assert torch.isfinite(out).all()
+    assert (out - ref).abs().max() < 0.1 * ref.abs().max() + 0.05
+
+
+def test_latent_scale_is_inverse_std_of_means():
+    model = _model().eval()
+    specs = [torch.randn(2, 1, 128, 16) for _ in range(3)]
+    means = torch.cat([model.encode(s).mean.flatten() for s in specs])
+    assert A.latent_scale(model, specs) == pytest.approx(1 / means.std().item(), rel=1e-5)
