@@ -154,11 +154,14 @@ def matmul_gflops(n=1024, dtype=torch.float32, device="cpu", repeats=10):
 
 # ---------------------------------------------------------------- scoring a system
 @torch.no_grad()
-def score_system(system, waves, styles, classifier, logmel, sample_rate, window_seconds=4.0):
+def score_system(system, waves, styles, classifier, logmel, sample_rate, window_seconds=4.0,
+                 resynthesis=False):
     """Score `system` over every test piece and every ordered pair of distinct styles.
 
     waves: {(piece, style): wave (N,)} ground-truth renderings (the paired test split).
     system(wave, source_style, target_style, piece) -> wave (N',).
+    resynthesis=True scores a vocoder or round trip instead: one call per (piece, style)
+    with source = target, and no content-vs-source column.
     FAD-C is computed per target style (outputs for T against the ground truth in T, each
     clip cut into windows of the classifier's clip length) and averaged over styles: over
     all pairs, the identity's outputs would otherwise have exactly the targets' distribution.
@@ -170,7 +173,7 @@ def score_system(system, waves, styles, classifier, logmel, sample_rate, window_
     compute, audio_seconds, window = 0.0, 0.0, int(window_seconds * sample_rate)
     for piece in pieces:
         for src in styles:
-            for tgt in (t for t in styles if t != src):
+            for tgt in ([src] if resynthesis else [t for t in styles if t != src]):
                 t0 = time.perf_counter()
                 out = system(waves[piece, src], src, tgt, piece)
                 compute += time.perf_counter() - t0
@@ -192,6 +195,8 @@ def score_system(system, waves, styles, classifier, logmel, sample_rate, window_
                 audio_seconds += ref.shape[-1] / sample_rate
     result = {k: float(np.mean(v)) for k, v in stats.items()}
     result["style_accuracy"] = 100 * result.pop("correct")
+    if resynthesis:
+        result.pop("content_source")
     result["fad_c"] = float(np.mean([frechet_distance(np.concatenate(emb_out[t]),
                                                       np.concatenate(emb_ref[t]))
                                      for t in styles]))
@@ -222,8 +227,9 @@ def results_table(rows):
 
 
 def reference_systems(waves, logmel, n_fft, hop):
-    """The rows every later number is read against (ground truth, identity, wrong piece,
-    Griffin-Lim): each is system(wave, source style, target style, piece) -> wave."""
+    """The rows every later number is read against: transfer references (ground truth,
+    identity, wrong piece) and resynthesis references (Griffin-Lim of the ground truth's
+    log-mel); each is system(wave, source style, target style, piece) -> wave."""
     ids = sorted({p for p, _ in waves})
     generator = torch.Generator().manual_seed(0)
 
@@ -238,8 +244,7 @@ def reference_systems(waves, logmel, n_fft, hop):
         "identity (source unchanged)": lambda w, s, t, p: w,
         "random target (other piece, target style)":
             lambda w, s, t, p: waves[ids[(ids.index(p) + 1) % len(ids)], t],
-        "Griffin-Lim, 64 it. (ground-truth log-mel)": griffin_lim_resynthesis,
-    }
+    }, {"Griffin-Lim, 64 it. (ground-truth log-mel)": griffin_lim_resynthesis}
 
 
 def results_markdown(results):
@@ -250,7 +255,9 @@ def results_markdown(results):
             f"styles ({', '.join(t['styles'])}), {t['seconds']:.0f} s each; every ordered "
             f"pair of distinct styles, scored against the ground-truth rendering of the piece "
             f"in the target style.\n\n{results_table(results['transfer'])}\n\n"
-            f"{METRICS_NOTE}\n")
+            f"## Resynthesis (vocoders and round trips)\n\nEach test piece in each style, "
+            f"resynthesised from its own ground truth and scored against it.\n\n"
+            f"{results_table(results['resynthesis'])}\n\n{METRICS_NOTE}\n")
 
 
 METRICS_NOTE = """- *style acc.*: the style classifier (`evaluate.StyleClassifier`, trained on the

@@ -267,6 +267,20 @@ def stage_autoencoder(args, cfg):
               f"{tuple(val_specs.shape[1:])}, {validate(ema)}")
 
 
+def autoencoder_systems(autoencoder, waves, logmel, cfg):
+    """Resynthesis rows: the autoencoder's round trip, heard through Griffin-Lim."""
+    generator = torch.Generator().manual_seed(0)
+
+    @torch.no_grad()
+    def round_trip(wave, src, tgt, piece):
+        spec = logmel(wave[None])
+        recon = autoencoder.decode(autoencoder.encode(spec).mode(), length=spec.shape[-1])
+        return griffin_lim(logmel.mel_to_magnitude(recon), cfg.audio.n_fft, cfg.audio.hop,
+                           n_iter=64, length=len(wave), generator=generator)[0]
+
+    return {"autoencoder round trip + Griffin-Lim 64 it.": round_trip}
+
+
 def load_autoencoder(ckpt_dir):
     ckpt = config.load_checkpoint(Path(ckpt_dir) / "autoencoder.pt", "autoencoder")
     c = config.config_from_dict(ckpt["config"]).autoencoder
@@ -304,16 +318,20 @@ def stage_eval(args, cfg):
     logmel = LogMel(**asdict(cfg.audio))
     out_dir = Path(args.results)
     results_path = out_dir / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    rows = results.setdefault("transfer", {})
-    computed = {"Griffin-Lim, 64 it. (ground-truth log-mel)"}
-    systems = evaluate.reference_systems(waves, LogMel(**asdict(cfg.audio)), cfg.audio.n_fft,
-                                           cfg.audio.hop)
-    for name, system in tqdm(systems.items(), desc="scoring"):
-        rows[name] = evaluate.score_system(system, waves, styles, classifier, logmel,
-                                           cfg.audio.sample_rate)
-        if name not in computed:
-            rows[name].pop("rtf")           # returning stored audio costs nothing
+    results = {}                            # every run scores every system that exists
+    transfer, resynthesis = evaluate.reference_systems(waves, logmel, cfg.audio.n_fft,
+                                                       cfg.audio.hop)
+    if (Path(args.ckpt_dir) / "autoencoder.pt").is_file():
+        resynthesis.update(autoencoder_systems(load_autoencoder(args.ckpt_dir)[0], waves, logmel,
+                                               cfg))
+    for table, systems, resynth in (("transfer", transfer, False),
+                                    ("resynthesis", resynthesis, True)):
+        rows = results.setdefault(table, {})
+        for name, system in tqdm(systems.items(), desc=f"scoring {table}"):
+            rows[name] = evaluate.score_system(system, waves, styles, classifier, logmel,
+                                               cfg.audio.sample_rate, resynthesis=resynth)
+            if table == "transfer" and name in transfer:
+                rows[name].pop("rtf")       # returning stored audio costs nothing
     pieces = sorted({p for p, _ in waves})
     results["machine"] = machine_description()
     results["test_set"] = dict(pieces=len(pieces), styles=styles,
@@ -324,7 +342,7 @@ def stage_eval(args, cfg):
     tmp.write_text(json.dumps(results, indent=1))
     os.replace(tmp, results_path)
     write_results_md(results, out_dir / "RESULTS.md")
-    print(evaluate.results_table(rows))
+    print(evaluate.results_markdown(results))
 
 
 def write_results_md(results, path):

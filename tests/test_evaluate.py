@@ -106,3 +106,8 @@ def test_score_system_reference_rows():
     assert identity["logmel_l1"] > 0.1 and identity["fad_c"] > 0
     table = evaluate.results_table({"oracle": oracle, "identity": identity})
     assert "| oracle |" in table and table.count("\n") == 3
+    resynth = evaluate.score_system(lambda w, s, t, p: 0.5 * w, waves, styles, classifier,
+                                    logmel, SR, window_seconds=1.0, resynthesis=True)
+    assert resynth["pairs"] == 2 * 3 and "content_source" not in resynth
+    assert resynth["content_target"] == pytest.approx(1.0, abs=1e-5)
+    assert resynth["lsd"] == pytest.approx(20 * math.log10(2), abs=1e-3)  # half amplitude
