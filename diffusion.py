@@ -1,0 +1,206 @@
+"""Gaussian diffusion, model-agnostic: schedules, training loss, DDPM/DDIM samplers, inversion.
+
+Follows Ho et al. 2020 (DDPM), Song et al. 2021 (DDIM), Nichol & Dhariwal 2021 (cosine
+schedule), Salimans & Ho 2022 (v-prediction), Lin et al. 2024 (zero terminal SNR, trailing
+timesteps), Meng et al. 2022 (SDEdit) and Ho & Salimans 2022 (classifier-free guidance);
+names follow openai/improved-diffusion. A model is any callable
+model(x_t, t, context) -> prediction of eps or v, shaped like x_t.
+
+    x0 --q_sample(t)--> x_t --ddim_step / ddpm posterior--> x_{t_prev} ... --> x0
+"""
+import math
+
+import torch
+
+
+# ---------------------------------------------------------------- schedules
+def linear_beta_schedule(T=1000, beta_start=1e-4, beta_end=0.02):
+    return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+
+
+def cosine_beta_schedule(T=1000, s=0.008):
+    """alpha_bar(t) = cos^2(((t/T + s) / (1 + s)) pi/2) (Nichol & Dhariwal 2021, eq. 17)."""
+    steps = torch.arange(T + 1, dtype=torch.float64) / T
+    alphas_cumprod = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    betas = 1 - alphas_cumprod[1:] / alphas_cumprod[:-1]
+    return betas.clamp(max=0.999)
+
+
+def rescale_zero_terminal_snr(betas):
+    """Shift and scale sqrt(alpha_bar) so that alpha_bar_T = 0 (Lin et al. 2024, Alg. 1):
+    the last training step is pure noise, as sampling from noise assumes."""
+    sqrt_ab = torch.cumprod(1 - betas, 0).sqrt()
+    first, last = sqrt_ab[0].clone(), sqrt_ab[-1].clone()
+    sqrt_ab = (sqrt_ab - last) * first / (first - last)
+    alphas_cumprod = sqrt_ab ** 2
+    alphas = torch.cat([alphas_cumprod[:1], alphas_cumprod[1:] / alphas_cumprod[:-1]])
+    return 1 - alphas
+
+
+class Schedule:
+    """Every per-timestep constant the maths needs, from betas (float64, indexed at use)."""
+
+    def __init__(self, betas):
+        self.betas = betas.double()
+        self.T = len(betas)
+        self.alphas = 1 - self.betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, 0)
+        self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64),
+                                              self.alphas_cumprod[:-1]])
+        self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
+        self.sqrt_one_minus_alphas_cumprod = (1 - self.alphas_cumprod).sqrt()
+        # q(x_{t-1} | x_t, x_0) = N(coef1 x_0 + coef2 x_t, posterior_variance)  (DDPM eq. 7)
+        self.posterior_variance = (self.betas * (1 - self.alphas_cumprod_prev)
+                                   / (1 - self.alphas_cumprod))
+        self.posterior_log_variance_clipped = torch.log(torch.cat(
+            [self.posterior_variance[1:2], self.posterior_variance[1:]]))
+        self.posterior_mean_coef1 = (self.betas * self.alphas_cumprod_prev.sqrt()
+                                     / (1 - self.alphas_cumprod))
+        self.posterior_mean_coef2 = ((1 - self.alphas_cumprod_prev) * self.alphas.sqrt()
+                                     / (1 - self.alphas_cumprod))
+
+
+def make_schedule(kind="cosine", T=1000, zero_terminal_snr=True):
+    betas = cosine_beta_schedule(T) if kind == "cosine" else linear_beta_schedule(T)
+    return Schedule(rescale_zero_terminal_snr(betas) if zero_terminal_snr else betas)
+
+
+def _at(values, t, x):
+    """values[t] for a batch of timesteps t (B,), shaped (B, 1, ..., 1) like x."""
+    out = values.to(x.device)[t.to(x.device).long()].to(x.dtype)
+    return out.view(-1, *([1] * (x.dim() - 1)))
+
+
+# ---------------------------------------------------------------- forward process, targets
+def q_sample(sched, x0, t, noise):
+    """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps  (DDPM eq. 4)."""
+    return _at(sched.sqrt_alphas_cumprod, t, x0) * x0 + \
+        _at(sched.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+
+
+def predict_x0_from_eps(sched, x_t, t, eps):
+    return (x_t - _at(sched.sqrt_one_minus_alphas_cumprod, t, x_t) * eps) / \
+        _at(sched.sqrt_alphas_cumprod, t, x_t)
+
+
+def predict_eps_from_x0(sched, x_t, t, x0):
+    return (x_t - _at(sched.sqrt_alphas_cumprod, t, x_t) * x0) / \
+        _at(sched.sqrt_one_minus_alphas_cumprod, t, x_t)
+
+
+def v_target(sched, x0, eps, t):
+    """v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0 (Salimans & Ho 2022)."""
+    return _at(sched.sqrt_alphas_cumprod, t, x0) * eps - \
+        _at(sched.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+
+
+def x0_eps_from_v(sched, x_t, t, v):
+    a, s = _at(sched.sqrt_alphas_cumprod, t, x_t), _at(sched.sqrt_one_minus_alphas_cumprod, t, x_t)
+    return a * x_t - s * v, s * x_t + a * v
+
+
+def x0_eps(sched, x_t, t, pred, prediction):
+    """(x0_pred, eps_pred) from a model output of either parameterisation. With zero
+    terminal SNR, eps-prediction cannot give x0 at t = T - 1 (alpha_bar = 0): use v there."""
+    if prediction == "v":
+        return x0_eps_from_v(sched, x_t, t, pred)
+    return predict_x0_from_eps(sched, x_t, t, pred), pred
+
+
+def training_loss(sched, model, x0, context, prediction="v", generator=None, t=None):
+    """Simple loss: E || target - model(x_t, t, c) ||^2 with t uniform (DDPM eq. 14)."""
+    B = x0.shape[0]
+    if t is None:
+        t = torch.randint(0, sched.T, (B,), generator=generator).to(x0.device)
+    noise = torch.randn(x0.shape, generator=generator).to(x0)
+    x_t = q_sample(sched, x0, t, noise)
+    target = v_target(sched, x0, noise, t) if prediction == "v" else noise
+    return (model(x_t, t, context) - target).pow(2).mean()
+
+
+def q_posterior_mean_variance(sched, x0, x_t, t):
+    mean = _at(sched.posterior_mean_coef1, t, x_t) * x0 + _at(sched.posterior_mean_coef2, t, x_t) * x_t
+    return mean, _at(sched.posterior_variance, t, x_t), _at(sched.posterior_log_variance_clipped, t, x_t)
+
+
+# ---------------------------------------------------------------- guidance and samplers
+def guided_prediction(model, x_t, t, context, null_context=None, guidance=1.0):
+    """Classifier-free guidance: uncond + w (cond - uncond), both in ONE batched forward."""
+    if null_context is None or guidance == 1.0:
+        return model(x_t, t, context)
+    pred = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([context, null_context]))
+    cond, uncond = pred.chunk(2)
+    return uncond + guidance * (cond - uncond)
+
+
+def ddim_timesteps(T, steps, t_start=None):
+    """`steps` timesteps, strictly decreasing, "trailing" spacing (Lin et al. 2024, Table 2):
+    the first is t_start (default T - 1), so sampling starts where training saw pure noise."""
+    t_start = T - 1 if t_start is None else int(t_start)
+    steps = max(1, min(steps, t_start + 1))
+    ts = torch.round(torch.arange(steps, 0, -1, dtype=torch.float64) * (t_start + 1) / steps) - 1
+    return ts.long().clamp(min=0).unique_consecutive()
+
+
+def ddim_step(sched, x_t, t, t_prev, pred, prediction="v", eta=0.0, noise=None):
+    """x_{t_prev} from x_t (DDIM eq. 12), sigma from eq. 16; t_prev = -1 means x0.
+
+    eta = 0 is deterministic DDIM; eta = 1 with t_prev = t - 1 is DDPM's ancestral step."""
+    tt = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+    x0_pred, eps = x0_eps(sched, x_t, tt, pred, prediction)
+    if t_prev < 0:
+        return x0_pred
+    a_t, a_prev = sched.alphas_cumprod[t], sched.alphas_cumprod[t_prev]
+    sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+    direction = math.sqrt(max(1 - a_prev - sigma ** 2, 0.0)) * eps
+    x_prev = math.sqrt(a_prev) * x0_pred + direction
+    if sigma > 0:
+        x_prev = x_prev + sigma * noise
+    return x_prev
+
+
+def ddim_sample(model, sched, x_t, context, steps, eta=0.0, guidance=1.0, null_context=None,
+                t_start=None, generator=None, prediction="v", progress=None):
+    """Denoise x_t (at t_start, default T - 1) to x0 in `steps` DDIM steps (eta = 1: DDPM)."""
+    ts = ddim_timesteps(sched.T, steps, t_start).tolist()
+    loop = list(zip(ts, ts[1:] + [-1]))
+    for t, t_prev in (progress(loop) if progress else loop):
+        tt = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+        pred = guided_prediction(model, x_t, tt, context, null_context, guidance)
+        noise = torch.randn(x_t.shape, generator=generator).to(x_t) if eta > 0 else None
+        x_t = ddim_step(sched, x_t, t, t_prev, pred, prediction, eta, noise)
+    return x_t
+
+
+def ddpm_sample(model, sched, x_t, context, steps=None, **kw):
+    """Ancestral sampling (DDPM Alg. 2): DDIM with eta = 1, over all T steps by default."""
+    return ddim_sample(model, sched, x_t, context, steps or sched.T, eta=1.0, **kw)
+
+
+def ddim_invert(model, sched, x0, context, steps, t_end=None, guidance=1.0, null_context=None,
+                prediction="v", progress=None):
+    """Run deterministic DDIM backwards, x0 -> x_{t_end}: the latent that ddim_sample with
+    the same steps maps back to x0 (up to the discretisation error)."""
+    ts = ddim_timesteps(sched.T, steps, t_end).flip(0).tolist()        # increasing
+    x = x0
+    loop = list(zip([-1] + ts[:-1], ts))
+    for t_prev, t in (progress(loop) if progress else loop):
+        # Approximate the model at t by its value at the current point (Song et al. 2021).
+        t_model = max(t_prev, 0)
+        tt = torch.full((x.shape[0],), t_model, device=x.device, dtype=torch.long)
+        pred = guided_prediction(model, x, tt, context, null_context, guidance)
+        x0_pred, eps = x0_eps(sched, x, tt, pred, prediction)
+        if t_prev < 0:               # x is x0 itself: its eps estimate comes from t = 0
+            x0_pred = x
+        a_t = sched.alphas_cumprod[t]
+        x = math.sqrt(a_t) * x0_pred + math.sqrt(1 - a_t) * eps
+    return x
+
+
+def sdedit(sched, x0, strength, generator=None):
+    """Noise x0 to t_start = strength (T - 1) (Meng et al. 2022); denoise under the target
+    style from there. Returns (x_t, t_start)."""
+    t_start = int(round(strength * (sched.T - 1)))
+    noise = torch.randn(x0.shape, generator=generator).to(x0)
+    t = torch.full((x0.shape[0],), t_start, device=x0.device, dtype=torch.long)
+    return q_sample(sched, x0, t, noise), t_start

@@ -1,0 +1,146 @@
+"""Tests for diffusion.py: schedule constants, parameterisations, samplers, inversion."""
+import math
+
+import pytest
+import torch
+
+import diffusion as D
+
+
+@pytest.fixture(scope="module")
+def sched():
+    return D.make_schedule("cosine", 1000, zero_terminal_snr=True)
+
+
+def test_schedules():
+    for betas in (D.linear_beta_schedule(), D.cosine_beta_schedule()):
+        ab = torch.cumprod(1 - betas, 0)
+        assert (ab[1:] < ab[:-1]).all() and 0 < ab[-1] < ab[0] < 1
+    betas = D.cosine_beta_schedule(1000)
+    ab = torch.cumprod(1 - betas, 0)
+    f = lambda t: math.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2
+    assert abs(ab[499].item() - f(500) / f(0)) < 1e-6
+    z = D.Schedule(D.rescale_zero_terminal_snr(betas))
+    assert z.alphas_cumprod[-1] < 1e-12 and abs(z.alphas_cumprod[0] - ab[0]) < 1e-12
+
+
+def test_q_sample_statistics(sched):
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(1, 8, generator=g).expand(20000, 8)
+    t = torch.full((20000,), 300)
+    x_t = D.q_sample(sched, x0, t, torch.randn(20000, 8, generator=g))
+    ab = sched.alphas_cumprod[300].item()
+    assert torch.allclose(x_t.mean(0), math.sqrt(ab) * x0[0], atol=0.02)
+    assert torch.allclose(x_t.var(0), torch.full((8,), 1 - ab, dtype=x_t.dtype), atol=0.03)
+
+
+def test_parameterisations_round_trip(sched):
+    g = torch.Generator().manual_seed(1)
+    x0, eps = torch.randn(6, 3, 4, generator=g, dtype=torch.float64), \
+        torch.randn(6, 3, 4, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 10, 200, 500, 900, 998])
+    x_t = D.q_sample(sched, x0, t, eps)
+    assert torch.allclose(D.predict_x0_from_eps(sched, x_t, t, eps), x0, atol=1e-8)
+    assert torch.allclose(D.predict_eps_from_x0(sched, x_t, t, x0), eps, atol=1e-6)
+    x0_v, eps_v = D.x0_eps_from_v(sched, x_t, t, D.v_target(sched, x0, eps, t))
+    assert torch.allclose(x0_v, x0, atol=1e-10) and torch.allclose(eps_v, eps, atol=1e-10)
+
+
+def test_posterior_matches_closed_form():
+    sched = D.make_schedule("linear", 100, zero_terminal_snr=False)
+    g = torch.Generator().manual_seed(2)
+    x0, x_t = torch.randn(3, 5, generator=g, dtype=torch.float64), \
+        torch.randn(3, 5, generator=g, dtype=torch.float64)
+    t = torch.tensor([1, 40, 99])
+    mean, var, _ = D.q_posterior_mean_variance(sched, x0, x_t, t)
+    betas = D.linear_beta_schedule(100)
+    for i, ti in enumerate(t.tolist()):
+        ab = torch.prod(1 - betas[:ti + 1])
+        ab_prev = torch.prod(1 - betas[:ti])
+        m = (ab_prev.sqrt() * betas[ti] / (1 - ab)) * x0[i] + \
+            ((1 - betas[ti]).sqrt() * (1 - ab_prev) / (1 - ab)) * x_t[i]
+        assert torch.allclose(mean[i], m) and torch.isclose(var[i, 0], (1 - ab_prev) / (1 - ab) * betas[ti])
+
+
+def test_eta_one_reproduces_ddpm_variance(sched):
+    """sigma_t(eta = 1)^2 with t_prev = t - 1 equals the DDPM posterior variance."""
+    x_t, pred, noise = torch.zeros(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64), \
+        torch.ones(1, 1, dtype=torch.float64)
+    for t in (1, 5, 100, 500, 990):
+        # With x0_pred = eps = 0 (v = 0 at x_t = 0) the step is exactly sigma * noise.
+        step = D.ddim_step(sched, x_t, t, t - 1, pred, "v", eta=1.0, noise=noise)
+        assert step.item() ** 2 == pytest.approx(sched.posterior_variance[t].item(), rel=1e-9)
+
+
+def _gaussian_oracle(sched, mu, s, prediction):
+    """The exact denoiser of data ~ N(mu, s^2 I)."""
+    def model(x_t, t, context):
+        ab = D._at(sched.alphas_cumprod, t, x_t)
+        eps = (x_t - ab.sqrt() * mu) * (1 - ab).sqrt() / (ab * s ** 2 + 1 - ab)
+        if prediction == "eps":
+            return eps
+        x0 = mu + ab.sqrt() * s ** 2 * (x_t - ab.sqrt() * mu) / (ab * s ** 2 + 1 - ab)
+        return D.v_target(sched, x0, eps, t)
+    return model
+
+
+@pytest.mark.parametrize("t_start", [None, 600])
+def test_samplers_land_on_point_mass(sched, t_start):
+    """Data = a single point x*: every sampler must end there, from any start."""
+    target = torch.tensor([[1.5, -0.5, 0.25]], dtype=torch.float64)
+    model = _gaussian_oracle(sched, target, 1e-4, "v")
+    g = torch.Generator().manual_seed(3)
+    x_T = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    for out in (D.ddim_sample(model, sched, x_T, None, 10, t_start=t_start),
+                D.ddpm_sample(model, sched, x_T, None, 50, t_start=t_start, generator=g)):
+        assert torch.allclose(out, target.expand(4, 3), atol=1e-3)
+
+
+def test_ddim_inversion_round_trip(sched):
+    mu, s = 0.3, 0.7
+    model = _gaussian_oracle(sched, mu, s, "v")
+    g = torch.Generator().manual_seed(4)
+    x0 = mu + s * torch.randn(8, 16, generator=g, dtype=torch.float64)
+    errors = []
+    for steps in (10, 50, 200):
+        x_t = D.ddim_invert(model, sched, x0, None, steps, t_end=700)
+        back = D.ddim_sample(model, sched, x_t, None, steps, t_start=700)
+        errors.append((back - x0).abs().max().item())
+    # First-order in the step size: the error falls about as 1 / steps.
+    assert errors[2] < 0.03 and errors[2] < 0.5 * errors[1] < 0.25 * errors[0]
+
+
+def test_classifier_free_guidance_is_one_batched_call():
+    calls = []
+
+    def model(x, t, c):
+        calls.append(len(x))
+        return x * c.sum(dim=(1, 2))[:, None]
+
+    x, t = torch.randn(3, 4), torch.zeros(3, dtype=torch.long)
+    cond, null = torch.randn(3, 2, 5), torch.randn(3, 2, 5)
+    out = D.guided_prediction(model, x, t, cond, null, guidance=3.0)
+    assert calls == [6]
+    expected = 3.0 * model(x, t, cond) + (1 - 3.0) * model(x, t, null)
+    assert torch.allclose(out, expected, atol=1e-5)
+    calls.clear()
+    D.guided_prediction(model, x, t, cond, null, guidance=1.0)
+    assert calls == [3]
+
+
+@pytest.mark.parametrize("steps,t_start", [(10, None), (4, 499), (1000, None), (7, 3)])
+def test_trailing_timesteps(steps, t_start):
+    ts = D.ddim_timesteps(1000, steps, t_start)
+    assert ts[0] == (999 if t_start is None else t_start)
+    assert (ts[1:] < ts[:-1]).all() and ts[-1] >= 0 and len(ts) == min(steps, ts[0] + 1)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_training_loss_oracle_and_zero(sched, prediction):
+    x0 = torch.full((512, 4), 0.3, dtype=torch.float64)
+    oracle = _gaussian_oracle(sched, 0.3, 1e-6, prediction)
+    g = torch.Generator().manual_seed(5)
+    t = torch.randint(0, 990, (512,), generator=g)     # the oracle is exact away from t = T-1
+    assert D.training_loss(sched, oracle, x0, None, prediction, g, t).item() < 1e-6
+    zero = lambda x, t, c: torch.zeros_like(x)
+    assert D.training_loss(sched, zero, x0, None, "eps", g).item() == pytest.approx(1.0, abs=0.1)
