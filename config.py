@@ -76,11 +76,40 @@ class AutoencoderConfig:
 
 
 @dataclass
+class LDMConfig:
+    """The latent diffusion U-Net with cross-attention to style tokens (unet.py)."""
+    model_channels: int = 48
+    channel_mult: tuple = (1, 2, 2)
+    attention: tuple = (False, True, True)   # cross-attention at the two lower levels
+    num_res_blocks: int = 1
+    context_dim: int = 128
+    tokens: int = 4                   # style tokens per style
+    heads: int = 4
+    dim_head: int = 32
+    schedule: str = "cosine"          # rescaled to zero terminal SNR
+    timesteps: int = 1000
+    prediction: str = "v"
+    cond_drop: float = 0.15           # condition dropped for classifier-free guidance
+    ref_prob: float = 0.5             # condition on a reference clip instead of the label
+    align_weight: float = 0.1         # pull reference tokens onto label tokens
+    latent_frames: int = 64           # training crops: 64 latent frames = 4.1 s
+    ref_frames: int = 256             # reference clips: 256 spectrogram frames = 4.1 s
+    steps: int = 3000
+    batch_size: int = 16
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    warmup: int = 200
+    ema: float = 0.999
+    grad_accum: int = 1
+
+
+@dataclass
 class Config:
     audio: AudioConfig = field(default_factory=AudioConfig)
     data: DataConfig = field(default_factory=DataConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    ldm: LDMConfig = field(default_factory=LDMConfig)
 
 
 PRESETS = {

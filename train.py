@@ -29,7 +29,9 @@ from tqdm import tqdm
 import autoencoder as ae_lib
 import config
 import data
+import diffusion
 import evaluate
+import unet
 from stft import LogMel, griffin_lim
 
 
@@ -156,8 +158,10 @@ def train_loop(model, loss_fn, dataset, c, args, stage, validate=None, extra=Non
         if done % args.save_every == 0 or done == steps:
             config.save_checkpoint(state_path, model=model.state_dict(), ema=ema.state_dict(),
                                    opt=opt.state_dict(), step=done)
-            config.save_checkpoint(ckpt_dir / f"{stage}.pt", model=export(ema).state_dict(),
-                                   step=done,
+            # Inference weights in half precision: half the size, no audible difference.
+            weights = {k: v.half() if v.is_floating_point() else v
+                       for k, v in export(ema).state_dict().items()}
+            config.save_checkpoint(ckpt_dir / f"{stage}.pt", model=weights, step=done,
                                    **(extra(ema) if extra else {}))
     if world > 1:
         dist.barrier()
@@ -281,6 +285,108 @@ def autoencoder_systems(autoencoder, waves, logmel, cfg):
     return {"autoencoder round trip + Griffin-Lim 64 it.": round_trip}
 
 
+class LatentClips(torch.utils.data.Dataset):
+    """Cached latents of whole pieces; each item is a random crop, its style label, and a
+    reference log-mel crop from another piece of the same style (zero-shot conditioning)."""
+
+    def __init__(self, latents, specs, labels, latent_frames, ref_frames):
+        self.latents, self.specs, self.labels = latents, specs, labels
+        self.latent_frames, self.ref_frames = latent_frames, ref_frames
+        self.by_style = {y: [i for i, l in enumerate(labels) if l == y] for y in set(labels)}
+
+    def __len__(self):
+        return len(self.latents)
+
+    @staticmethod
+    def _crop(x, n):
+        spare = x.shape[-1] - n
+        start = int(torch.randint(0, spare + 1, ())) if spare > 0 else 0
+        return F.pad(x[..., start:start + n], (0, max(0, -spare)), mode="replicate")
+
+    def __getitem__(self, i):
+        same = self.by_style[self.labels[i]]
+        j = same[int(torch.randint(0, len(same), ()))]
+        return (self._crop(self.latents[i], self.latent_frames), self.labels[i],
+                self._crop(self.specs[j], self.ref_frames))
+
+
+class LatentDiffusionTraining(nn.Module):
+    """U-Net + style encoder; forward returns the diffusion loss (one forward for DDP)."""
+
+    def __init__(self, unet_model, style, c):
+        super().__init__()
+        self.unet, self.style, self.c = unet_model, style, c
+        self.sched = diffusion.make_schedule(c.schedule, c.timesteps)
+
+    def forward(self, z0, labels, ref_spec):
+        B, c = len(z0), self.c
+        from_label, from_ref = self.style.from_labels(labels), self.style.from_reference(ref_spec)
+        use_ref = (torch.rand(B, device=z0.device) < c.ref_prob)[:, None, None]
+        context = torch.where(use_ref, from_ref, from_label)
+        drop = (torch.rand(B, device=z0.device) < c.cond_drop)[:, None, None]
+        context = torch.where(drop, self.style.null_context(B), context)
+        loss = diffusion.training_loss(self.sched, self.unet, z0, context, c.prediction)
+        # One token space: a clip of a style should name it as its label does.
+        align = (from_ref - from_label.detach()).pow(2).mean()
+        return loss + c.align_weight * align
+
+
+def build_ldm(c, n_styles, n_mels):
+    return LatentDiffusionTraining(
+        unet.UNet(4, c.model_channels, c.channel_mult, c.attention, c.num_res_blocks,
+                  c.context_dim, c.heads, c.dim_head),
+        unet.StyleEncoder(n_styles, n_mels, c.tokens, c.context_dim), c)
+
+
+@torch.no_grad()
+def encode_pieces(autoencoder, scale, logmel, waves, device, progress=None):
+    """Whole pieces -> (scaled latents (c, F/f, T/f), log-mels (1, n_mels, T)), cached once."""
+    latents, specs = [], []
+    for wave in (progress(waves, desc="encoding latents") if progress else waves):
+        spec = logmel(wave[None].to(device))                            # (1, 1, n_mels, T)
+        latents.append((autoencoder.encode(spec).mode() * scale)[0].cpu())
+        specs.append(spec[0].cpu())
+    return latents, specs
+
+
+def stage_ldm(args, cfg):
+    c = cfg.ldm
+    rank, world, device = setup_distributed(args.device)
+    autoencoder, ae_ckpt = load_autoencoder(args.ckpt_dir)
+    cfg.audio, cfg.autoencoder = config.config_from_dict(ae_ckpt["config"]).audio, \
+        config.config_from_dict(ae_ckpt["config"]).autoencoder
+    autoencoder.to(device)
+    logmel = LogMel(**asdict(cfg.audio)).to(device)
+    train = data.AudioFolder(args.data, "train", cfg.audio.sample_rate, random_clips=False,
+                             styles=ae_ckpt["styles"], progress=tqdm if rank == 0 else None)
+    val = data.AudioFolder(args.data, "val", cfg.audio.sample_rate, random_clips=False,
+                           styles=ae_ckpt["styles"])
+    scale = ae_ckpt["latent_scale"]
+    progress = tqdm if rank == 0 else None
+    dataset = LatentClips(*encode_pieces(autoencoder, scale, logmel, train.waves, device,
+                                         progress), train.labels, c.latent_frames, c.ref_frames)
+    val_set = LatentClips(*encode_pieces(autoencoder, scale, logmel, val.waves, device),
+                          val.labels, c.latent_frames, c.ref_frames)
+    torch.manual_seed(args.seed)
+    model = build_ldm(c, len(train.styles), cfg.audio.n_mels).to(device)
+
+    def loss_fn(net, batch, step):
+        return net(*batch)
+
+    @torch.no_grad()
+    def validate(ema):                        # fixed noise and crops: comparable over time
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            batch = torch.utils.data.default_collate([val_set[i] for i in range(0, len(val_set), 3)])
+            return {"val_loss": ema(*(b.to(device) for b in batch)).item()}
+
+    train_loop(model, loss_fn, dataset, c, args, "ldm", validate,
+               extra=lambda ema: dict(config=config.config_to_dict(cfg), styles=train.styles,
+                                      latent_scale=scale))
+    if rank == 0:
+        print(f"ldm: {sum(p.numel() for p in model.parameters())} parameters")
+
+
 def load_autoencoder(ckpt_dir):
     ckpt = config.load_checkpoint(Path(ckpt_dir) / "autoencoder.pt", "autoencoder")
     c = config.config_from_dict(ckpt["config"]).autoencoder
@@ -352,7 +458,7 @@ def write_results_md(results, path):
 
 
 STAGES = {"data": stage_data, "classifier": stage_classifier, "autoencoder": stage_autoencoder,
-          "eval": stage_eval}
+          "ldm": stage_ldm, "eval": stage_eval}
 
 
 def parse_args(argv=None):

@@ -1,0 +1,169 @@
+"""The latent U-Net and the style encoder: the denoiser of the paper's latent diffusion.
+
+The U-Net (Ronneberger et al. 2015, as used by Ho et al. 2020 and Rombach et al. 2022)
+predicts the noise (or v) in a noisy latent, conditioned on the diffusion time through a
+sinusoidal embedding and on the style through cross-attention to style tokens (the paper's
+multi-to-multi conditioning: one model, any target style).
+
+    z_t (B, C, F, T), t (B,), context (B, M, D) -> prediction (B, C, F, T)
+    StyleEncoder: style labels (B,) or reference log-mel (B, 1, n_mels, T') -> tokens (B, M, D)
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from attention import Attention, SpatialTransformer
+
+
+def timestep_embedding(t, dim, max_period=10000):
+    """Sinusoidal embedding of (possibly fractional) timesteps (B,) -> (B, dim) (Vaswani 2017)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def _norm(channels):
+    """GroupNorm with up to 32 groups of at least 4 channels each."""
+    groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0 and channels // g >= 4
+                  or g == 1)
+    return nn.GroupNorm(groups, channels)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice, residual; the time embedding scales and shifts the second
+    normalised activation (FiLM; improved-diffusion's use_scale_shift_norm)."""
+
+    def __init__(self, c_in, c_out, emb_dim, dropout=0.0):
+        super().__init__()
+        self.in_layers = nn.Sequential(_norm(c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1))
+        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * c_out))
+        self.out_norm = _norm(c_out)
+        self.out_layers = nn.Sequential(nn.SiLU(), nn.Dropout(dropout),
+                                        nn.Conv2d(c_out, c_out, 3, padding=1))
+        nn.init.zeros_(self.out_layers[-1].weight)   # start as the identity (improved-diffusion)
+        nn.init.zeros_(self.out_layers[-1].bias)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x, emb):
+        h = self.in_layers(x)
+        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.out_norm(h) * (1 + scale) + shift
+        return self.skip(x) + self.out_layers(h)
+
+
+class UNet(nn.Module):
+    """Down path, middle, up path with skip connections; cross-attention at the lower levels.
+
+    channel_mult gives each level's width; a level with attention=True gets a
+    SpatialTransformer (self-attention over positions, cross-attention to the style tokens)
+    after each ResBlock. Any latent size works: it is padded to a multiple of the total
+    down factor and cropped back.
+    """
+
+    def __init__(self, in_channels=4, model_channels=64, channel_mult=(1, 2, 2),
+                 attention=(False, True, True), num_res_blocks=1, context_dim=128, heads=4,
+                 dim_head=32, dropout=0.0, fused_attention=True):
+        super().__init__()
+        emb_dim = 4 * model_channels
+        self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(),
+                                        nn.Linear(emb_dim, emb_dim))
+        self.model_channels, self.factor = model_channels, 2 ** (len(channel_mult) - 1)
+
+        def transformer(c):
+            return SpatialTransformer(c, context_dim, heads=heads, dim_head=dim_head,
+                                      fused=fused_attention)
+
+        self.input_conv = nn.Conv2d(in_channels, model_channels, 3, padding=1)
+        self.down, skips, c = nn.ModuleList(), [model_channels], model_channels
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                layers = [ResBlock(c, mult * model_channels, emb_dim, dropout)]
+                c = mult * model_channels
+                if attention[level]:
+                    layers.append(transformer(c))
+                self.down.append(nn.ModuleList(layers))
+                skips.append(c)
+            if level < len(channel_mult) - 1:
+                self.down.append(nn.ModuleList([nn.Conv2d(c, c, 3, stride=2, padding=1)]))
+                skips.append(c)
+        self.middle = nn.ModuleList([ResBlock(c, c, emb_dim, dropout), transformer(c),
+                                     ResBlock(c, c, emb_dim, dropout)])
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for i in range(num_res_blocks + 1):
+                layers = [ResBlock(c + skips.pop(), mult * model_channels, emb_dim, dropout)]
+                c = mult * model_channels
+                if attention[level]:
+                    layers.append(transformer(c))
+                if level > 0 and i == num_res_blocks:
+                    layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
+                    layers.append(nn.Conv2d(c, c, 3, padding=1))
+                self.up.append(nn.ModuleList(layers))
+        self.out = nn.Sequential(_norm(c), nn.SiLU(), nn.Conv2d(c, in_channels, 3, padding=1))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    @staticmethod
+    def _run(layers, h, emb, context):
+        for layer in layers:
+            if isinstance(layer, ResBlock):
+                h = layer(h, emb)
+            elif isinstance(layer, SpatialTransformer):
+                h = layer(h, context)
+            else:
+                h = layer(h)
+        return h
+
+    def forward(self, x, t, context):
+        F_, T_ = x.shape[-2:]
+        pad_f, pad_t = (-F_) % self.factor, (-T_) % self.factor
+        if pad_f or pad_t:                   # any latent size: pad, then crop back at the end
+            x = F.pad(x, (0, pad_t, 0, pad_f), mode="replicate")
+        emb = self.time_embed(timestep_embedding(t, self.model_channels))   # (B, 4 C)
+        h = self.input_conv(x)                                              # (B, C, F, T)
+        hs = [h]
+        for layers in self.down:
+            h = self._run(layers, h, emb, context)
+            hs.append(h)
+        h = self._run(self.middle, h, emb, context)                       # (B, C', F/f, T/f)
+        for layers in self.up:
+            h = self._run(layers, torch.cat([h, hs.pop()], dim=1), emb, context)
+        return self.out(h)[..., :F_, :T_]                                   # (B, C, F, T)
+
+
+class StyleEncoder(nn.Module):
+    """Style tokens from a label (a learned token table: "rock" is a word the model knows)
+    or from a reference clip's log-mel (any clip names a style: zero-shot), in one space.
+
+    A learned null context stands for "no style" in classifier-free guidance.
+    """
+
+    def __init__(self, n_styles, n_mels=128, tokens=4, context_dim=128, channels=(32, 64, 128),
+                 heads=4):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(n_styles, tokens, context_dim) * 0.5)
+        self.null = nn.Parameter(torch.zeros(1, tokens, context_dim))
+        convs, c_in = [], 1
+        for c in channels:                   # each block halves frequency and time
+            convs += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), _norm(c), nn.SiLU()]
+            c_in = c
+        self.convs = nn.Sequential(*convs)
+        freq = n_mels // 2 ** len(channels)
+        self.proj = nn.Linear(c_in * freq, context_dim)
+        self.queries = nn.Parameter(torch.randn(1, tokens, context_dim) * 0.02)
+        self.pool = Attention(context_dim, context_dim, heads=heads, dim_head=context_dim // heads)
+
+    def from_labels(self, labels):
+        return self.table[labels]                                           # (B, M, D)
+
+    def from_reference(self, spec):
+        h = self.convs(spec)                                                # (B, C, F/8, T/8)
+        h = self.proj(h.flatten(1, 2).transpose(1, 2))                      # (B, T/8, D)
+        queries = self.queries.expand(len(spec), -1, -1)
+        return self.pool(queries, h)                                        # (B, M, D)
+
+    def null_context(self, batch):
+        return self.null.expand(batch, -1, -1)                              # (B, M, D)
