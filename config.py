@@ -65,7 +65,7 @@ class AutoencoderConfig:
     spectral_weight: float = 1.0
     adv_weight: float = 0.0           # > 0 turns on the patch discriminator ...
     disc_start: int = 2000            # ... after this many steps
-    steps: int = 3000
+    steps: int = 2200
     batch_size: int = 16
     lr: float = 5e-4
     weight_decay: float = 0.0
@@ -164,3 +164,14 @@ def load_checkpoint(path, stage):
         raise ValueError(f"{path} has an unknown checkpoint format; retrain it with "
                          f"`python train.py --stage {stage}`")
     return ckpt
+
+
+def load_weights(module, ckpt, stage):
+    """Copy a checkpoint's weights into a freshly built module; a mismatch is a user error."""
+    try:
+        module.load_state_dict(ckpt["model"])
+    except RuntimeError:
+        raise ValueError(f"the {stage} checkpoint does not fit this code (it was made by another "
+                         f"version or config); retrain it with `python train.py --stage "
+                         f"{stage}`") from None
+    return module.eval()
