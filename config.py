@@ -94,7 +94,7 @@ class LDMConfig:
     align_weight: float = 0.1         # pull reference tokens onto label tokens
     latent_frames: int = 64           # training crops: 64 latent frames = 4.1 s
     ref_frames: int = 256             # reference clips: 256 spectrogram frames = 4.1 s
-    steps: int = 3000
+    steps: int = 1800
     batch_size: int = 16
     lr: float = 3e-4
     weight_decay: float = 0.0
