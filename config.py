@@ -112,8 +112,23 @@ class Config:
     ldm: LDMConfig = field(default_factory=LDMConfig)
 
 
+def paper_config():
+    """A GPU-sized model, closer to latent diffusion's audio set-ups: wider networks, longer
+    clips and many more steps. Untested here (no GPU); the shapes are the tiny preset's."""
+    return Config(
+        classifier=ClassifierConfig(channels=(32, 64, 128, 256), emb_dim=256, steps=5000,
+                                    batch_size=64),
+        autoencoder=AutoencoderConfig(channels=(128, 256, 512), num_res_blocks=2, steps=100_000,
+                                      batch_size=32, lr=2e-4, clip_seconds=4.0,
+                                      adv_weight=0.1, disc_start=50_000),
+        ldm=LDMConfig(model_channels=192, channel_mult=(1, 2, 4), num_res_blocks=2,
+                      context_dim=512, heads=8, dim_head=64, latent_frames=128, ref_frames=512,
+                      steps=200_000, batch_size=64, lr=1e-4))
+
+
 PRESETS = {
-    "tiny": Config,  # trains on 2 CPU cores
+    "tiny": Config,          # trains on 2 CPU cores
+    "paper": paper_config,   # a GPU-sized model
 }
 
 
