@@ -178,23 +178,29 @@ def ddpm_sample(model, sched, x_t, context, steps=None, **kw):
 
 
 def ddim_invert(model, sched, x0, context, steps, t_end=None, guidance=1.0, null_context=None,
-                prediction="v", progress=None):
+                prediction="v", fixed_point_iters=3, progress=None):
     """Run deterministic DDIM backwards, x0 -> x_{t_end}: the latent that ddim_sample with
-    the same steps maps back to x0 (up to the discretisation error)."""
+    the same steps maps back to x0.
+
+    Each step solves for the x_t whose DDIM step (model evaluated at x_t, t, as the sampler
+    will) lands on the current x_{t_prev}: start from the usual guess (model evaluated at
+    x_{t_prev}, Song et al. 2021) and refine by fixed-point iteration, which makes the round
+    trip exact up to the iteration's residual (cf. Pan et al. 2023; Garibi et al. 2024)."""
     ts = ddim_timesteps(sched.T, steps, t_end).flip(0).tolist()        # increasing
-    x = x0
+    x_prev = x0
     loop = list(zip([-1] + ts[:-1], ts))
     for t_prev, t in (progress(loop) if progress else loop):
-        # Approximate the model at t by its value at the current point (Song et al. 2021).
-        t_model = max(t_prev, 0)
-        tt = torch.full((x.shape[0],), t_model, device=x.device, dtype=torch.long)
-        pred = guided_prediction(model, x, tt, context, null_context, guidance)
-        x0_pred, eps = x0_eps(sched, x, tt, pred, prediction)
-        if t_prev < 0:               # x is x0 itself: its eps estimate comes from t = 0
-            x0_pred = x
-        a_t = sched.alphas_cumprod[t]
-        x = math.sqrt(a_t) * x0_pred + math.sqrt(1 - a_t) * eps
-    return x
+        a_t = sched.alphas_cumprod[t].item()
+        a_prev = sched.alphas_cumprod[t_prev].item() if t_prev >= 0 else 1.0
+        tt = torch.full((x_prev.shape[0],), t, device=x_prev.device, dtype=torch.long)
+        x_t = x_prev
+        for _ in range(1 + fixed_point_iters):
+            pred = guided_prediction(model, x_t, tt, context, null_context, guidance)
+            _, eps = x0_eps(sched, x_t, tt, pred, prediction)
+            x0_pred = (x_prev - math.sqrt(1 - a_prev) * eps) / math.sqrt(a_prev)
+            x_t = math.sqrt(a_t) * x0_pred + math.sqrt(1 - a_t) * eps
+        x_prev = x_t
+    return x_prev
 
 
 def sdedit(sched, x0, strength, generator=None):
