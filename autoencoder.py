@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import config
+
 SILENCE = -3.3  # normalised log-mel of silence (log 1e-5, config.AudioConfig): pad value
 
 
@@ -181,3 +183,10 @@ def latent_scale(model, specs):
     scale_factor), so that the diffusion stage sees unit-variance latents."""
     means = torch.cat([model.encode(s).mode().flatten() for s in specs])
     return float(1.0 / means.std())
+
+
+def from_checkpoint(ckpt):
+    """The Autoencoder of a loaded autoencoder.pt (config.load_checkpoint)."""
+    c = config.config_from_dict(ckpt["config"]).autoencoder
+    model = Autoencoder(1, c.channels, c.latent_channels, c.num_res_blocks)
+    return config.load_weights(model, ckpt, "autoencoder")

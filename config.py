@@ -104,12 +104,34 @@ class LDMConfig:
 
 
 @dataclass
+class GuideDiffConfig:
+    """GuideDiff, the diffusion vocoder (guidediff.py): frame-rate ConvNeXt denoiser."""
+    dim: int = 256
+    hidden: int = 768
+    layers: int = 6
+    guide_layers: int = 2
+    emb_dim: int = 128
+    p_pure_noise: float = 0.25        # share of training at s = 1, where sampling starts
+    search_steps: tuple = (1, 2, 4, 8)   # step counts whose schedule is searched on val
+    default_steps: int = 4
+    clip_seconds: float = 1.0
+    steps: int = 6000
+    batch_size: int = 16
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    warmup: int = 200
+    ema: float = 0.999
+    grad_accum: int = 1
+
+
+@dataclass
 class Config:
     audio: AudioConfig = field(default_factory=AudioConfig)
     data: DataConfig = field(default_factory=DataConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     ldm: LDMConfig = field(default_factory=LDMConfig)
+    guidediff: GuideDiffConfig = field(default_factory=GuideDiffConfig)
 
 
 def paper_config():
@@ -123,7 +145,9 @@ def paper_config():
                                       adv_weight=0.1, disc_start=50_000),
         ldm=LDMConfig(model_channels=192, channel_mult=(1, 2, 4), num_res_blocks=2,
                       context_dim=512, heads=8, dim_head=64, latent_frames=128, ref_frames=512,
-                      steps=200_000, batch_size=64, lr=1e-4))
+                      steps=200_000, batch_size=64, lr=1e-4),
+        guidediff=GuideDiffConfig(dim=512, hidden=1536, layers=8, clip_seconds=2.0,
+                                  steps=500_000, batch_size=32, lr=2e-4))
 
 
 PRESETS = {

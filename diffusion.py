@@ -150,8 +150,14 @@ def ddim_step(sched, x_t, t, t_prev, pred, prediction="v", eta=0.0, noise=None):
     x0_pred, eps = x0_eps(sched, x_t, tt, pred, prediction)
     if t_prev < 0:
         return x0_pred
-    a_t, a_prev = sched.alphas_cumprod[t], sched.alphas_cumprod[t_prev]
-    sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+    return ddim_update(x0_pred, eps, sched.alphas_cumprod[t].item(),
+                       sched.alphas_cumprod[t_prev].item(), eta, noise)
+
+
+def ddim_update(x0_pred, eps, a_t, a_prev, eta=0.0, noise=None):
+    """The DDIM update's arithmetic for any noise levels alpha_bar_t -> alpha_bar_prev,
+    integer timesteps or continuous (GuideDiff): sqrt(a_prev) x0 + direction + sigma noise."""
+    sigma = eta * math.sqrt((1 - a_prev) / max(1 - a_t, 1e-12) * (1 - a_t / a_prev))
     direction = math.sqrt(max(1 - a_prev - sigma ** 2, 0.0)) * eps
     x_prev = math.sqrt(a_prev) * x0_pred + direction
     if sigma > 0:

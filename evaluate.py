@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from stft import griffin_lim, stft
+import config
+from stft import griffin_lim, mrstft_distance, stft  # noqa: F401 (mrstft_distance: a metric)
 
 
 # ---------------------------------------------------------------- the style classifier
@@ -47,6 +48,13 @@ class StyleClassifier(nn.Module):
 
 
 # ---------------------------------------------------------------- metrics
+def classifier_from_checkpoint(ckpt):
+    """The StyleClassifier of a loaded classifier.pt (config.load_checkpoint)."""
+    c = config.config_from_dict(ckpt["config"]).classifier
+    model = StyleClassifier(len(ckpt["styles"]), c.channels, c.emb_dim)
+    return config.load_weights(model, ckpt, "classifier")
+
+
 def style_accuracy(logits, target):
     """Fraction of items whose predicted style is the target style."""
     return (logits.argmax(dim=-1) == target).float().mean().item()
@@ -108,20 +116,6 @@ def logmel_l1(spec_a, spec_b):
     """Mean absolute difference of normalised log-mel (B,)."""
     spec_a, spec_b = _crop(spec_a, spec_b)
     return (spec_a - spec_b).abs().mean(dim=(1, 2, 3))
-
-
-def mrstft_distance(wave_ref, wave_est, resolutions=((512, 128), (1024, 256), (2048, 512)),
-                    eps=1e-5):
-    """Multi-resolution STFT distance (B,): spectral convergence + log-magnitude L1,
-    averaged over resolutions (Yamamoto et al. 2020, Parallel WaveGAN)."""
-    wave_ref, wave_est = _crop(wave_ref, wave_est)
-    total = 0.0
-    for n_fft, hop in resolutions:
-        ref, est = stft(wave_ref, n_fft, hop).abs(), stft(wave_est, n_fft, hop).abs()
-        sc = (ref - est).norm(dim=(-2, -1)) / ref.norm(dim=(-2, -1)).clamp_min(eps)
-        log_mag = (ref.clamp_min(eps).log() - est.clamp_min(eps).log()).abs().mean(dim=(-2, -1))
-        total = total + sc + log_mag
-    return total / len(resolutions)
 
 
 def log_spectral_distance(wave_ref, wave_est, n_fft=1024, hop=256, eps=1e-10):

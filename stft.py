@@ -196,3 +196,18 @@ def spectral_convergence(magnitude_ref, magnitude_est):
     dims = (-2, -1)
     return (torch.linalg.norm(magnitude_ref - magnitude_est, dim=dims)
             / torch.linalg.norm(magnitude_ref, dim=dims))
+
+
+def mrstft_distance(wave_ref, wave_est, resolutions=((512, 128), (1024, 256), (2048, 512)),
+                    eps=1e-5):
+    """Multi-resolution STFT distance (B,): spectral convergence + log-magnitude L1,
+    averaged over resolutions (Yamamoto et al. 2020, Parallel WaveGAN)."""
+    n = min(wave_ref.shape[-1], wave_est.shape[-1])
+    wave_ref, wave_est = wave_ref[..., :n], wave_est[..., :n]
+    total = 0.0
+    for n_fft, hop in resolutions:
+        ref, est = stft(wave_ref, n_fft, hop).abs(), stft(wave_est, n_fft, hop).abs()
+        sc = (ref - est).norm(dim=(-2, -1)) / ref.norm(dim=(-2, -1)).clamp_min(eps)
+        log_mag = (ref.clamp_min(eps).log() - est.clamp_min(eps).log()).abs().mean(dim=(-2, -1))
+        total = total + sc + log_mag
+    return total / len(resolutions)

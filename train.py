@@ -31,7 +31,9 @@ import config
 import data
 import diffusion
 import evaluate
+import guidediff
 import unet
+import stft as stft_lib
 from stft import LogMel, griffin_lim
 
 
@@ -310,34 +312,6 @@ class LatentClips(torch.utils.data.Dataset):
                 self._crop(self.specs[j], self.ref_frames))
 
 
-class LatentDiffusionTraining(nn.Module):
-    """U-Net + style encoder; forward returns the diffusion loss (one forward for DDP)."""
-
-    def __init__(self, unet_model, style, c):
-        super().__init__()
-        self.unet, self.style, self.c = unet_model, style, c
-        self.sched = diffusion.make_schedule(c.schedule, c.timesteps)
-
-    def forward(self, z0, labels, ref_spec):
-        B, c = len(z0), self.c
-        from_label, from_ref = self.style.from_labels(labels), self.style.from_reference(ref_spec)
-        use_ref = (torch.rand(B, device=z0.device) < c.ref_prob)[:, None, None]
-        context = torch.where(use_ref, from_ref, from_label)
-        drop = (torch.rand(B, device=z0.device) < c.cond_drop)[:, None, None]
-        context = torch.where(drop, self.style.null_context(B), context)
-        loss = diffusion.training_loss(self.sched, self.unet, z0, context, c.prediction)
-        # One token space: a clip of a style should name it as its label does.
-        align = (from_ref - from_label.detach()).pow(2).mean()
-        return loss + c.align_weight * align
-
-
-def build_ldm(c, n_styles, n_mels):
-    return LatentDiffusionTraining(
-        unet.UNet(4, c.model_channels, c.channel_mult, c.attention, c.num_res_blocks,
-                  c.context_dim, c.heads, c.dim_head),
-        unet.StyleEncoder(n_styles, n_mels, c.tokens, c.context_dim), c)
-
-
 @torch.no_grad()
 def encode_pieces(autoencoder, scale, logmel, waves, device, progress=None):
     """Whole pieces -> (scaled latents (c, F/f, T/f), log-mels (1, n_mels, T)), cached once."""
@@ -368,7 +342,7 @@ def stage_ldm(args, cfg):
     val_set = LatentClips(*encode_pieces(autoencoder, scale, logmel, val.waves, device),
                           val.labels, c.latent_frames, c.ref_frames)
     torch.manual_seed(args.seed)
-    model = build_ldm(c, len(train.styles), cfg.audio.n_mels).to(device)
+    model = unet.build_ldm(c, len(train.styles), cfg.audio.n_mels).to(device)
 
     def loss_fn(net, batch, step):
         return net(*batch)
@@ -387,11 +361,79 @@ def stage_ldm(args, cfg):
         print(f"ldm: {sum(p.numel() for p in model.parameters())} parameters")
 
 
+class GuideDiffTraining(nn.Module):
+    """GuideDiff + the log-mel front end; forward returns the loss (one forward for DDP)."""
+
+    def __init__(self, model, logmel, c):
+        super().__init__()
+        self.model, self.logmel, self.c = model, logmel, c
+
+    def forward(self, wave):
+        return guidediff.training_loss(self.model, wave, self.logmel(wave), self.logmel,
+                                       self.c.p_pure_noise)
+
+
+def score_vocoder(model, specs, waves, logmel, noise_levels, batch=8):
+    """(log-mel L1, MR-STFT distance) of GuideDiff's output against the true waves;
+    fixed noise, so that schedules and checkpoints compare fairly."""
+    generator = torch.Generator().manual_seed(0)
+    out = torch.cat([model.vocode(s, noise_levels=noise_levels, generator=generator,
+                                  length=w.shape[-1])
+                     for s, w in zip(specs.split(batch), waves.split(batch))])
+    return ((logmel(out) - specs).abs().mean().item(),
+            stft_lib.mrstft_distance(waves, out).mean().item())
+
+
+def search_schedules(model, specs, waves, logmel, step_counts):
+    """The few-step schedules: for each step count, the candidate noise levels with the
+    lowest log-mel L1 + MR-STFT on the validation clips (stored in the checkpoint)."""
+    found = {}
+    for k in step_counts:
+        scored = [(sum(score_vocoder(model, specs, waves, logmel, levels)), levels)
+                  for levels in guidediff.candidate_schedules(k)]
+        found[k] = min(scored)[1]
+    return found
+
+
+def stage_guidediff(args, cfg):
+    c = cfg.guidediff
+    rank, world, device = setup_distributed(args.device)
+    train = data.AudioFolder(args.data, "train", cfg.audio.sample_rate, c.clip_seconds,
+                             random_clips=True, progress=tqdm if rank == 0 else None)
+    val = data.AudioFolder(args.data, "val", cfg.audio.sample_rate, 2.0, random_clips=False,
+                           styles=train.styles)
+    keep = range(0, len(val), max(1, len(val) // 32))          # 32 clips over all styles
+    logmel = LogMel(**asdict(cfg.audio)).to(device)
+    val_waves = torch.stack([val[i][0] for i in keep]).to(device)
+    val_specs = logmel(val_waves)
+    torch.manual_seed(args.seed)
+    model = GuideDiffTraining(guidediff.build(cfg), logmel, c).to(device)
+
+    def loss_fn(net, batch, step):
+        return net(batch[0])
+
+    def validate(ema):
+        levels = guidediff.candidate_schedules(c.default_steps)[0]
+        l1, mr = score_vocoder(ema.model, val_specs, val_waves, logmel, levels)
+        return {"val_logmel_l1": l1, "val_mrstft": mr}
+
+    def extra(ema):
+        return dict(config=config.config_to_dict(cfg), styles=train.styles)
+
+    ema = train_loop(model, loss_fn, train, c, args, "guidediff", validate, extra,
+                     export=lambda ema: ema.model)
+    if rank == 0:                  # the few-step schedules, searched once on the val clips
+        schedules = search_schedules(ema.model, val_specs, val_waves, logmel, c.search_steps)
+        path = Path(args.ckpt_dir) / "guidediff.pt"
+        ckpt = config.load_checkpoint(path, "guidediff")
+        config.save_checkpoint(path, **ckpt, schedules=schedules, default_steps=c.default_steps)
+        n = sum(p.numel() for p in ema.model.parameters())
+        print(f"guidediff: {n} parameters; schedules {schedules}")
+
+
 def load_ldm(ckpt_dir):
     ckpt = config.load_checkpoint(Path(ckpt_dir) / "ldm.pt", "ldm")
-    cfg = config.config_from_dict(ckpt["config"])
-    model = build_ldm(cfg.ldm, len(ckpt["styles"]), cfg.audio.n_mels)
-    return config.load_weights(model, ckpt, "ldm"), ckpt
+    return unet.from_checkpoint(ckpt), ckpt
 
 
 def ldm_systems(ldm, ldm_ckpt, autoencoder, styles, logmel, cfg, steps=10, strength=0.6,
@@ -428,17 +470,13 @@ def ldm_systems(ldm, ldm_ckpt, autoencoder, styles, logmel, cfg, steps=10, stren
 
 def load_autoencoder(ckpt_dir):
     ckpt = config.load_checkpoint(Path(ckpt_dir) / "autoencoder.pt", "autoencoder")
-    c = config.config_from_dict(ckpt["config"]).autoencoder
-    model = ae_lib.Autoencoder(1, c.channels, c.latent_channels, c.num_res_blocks)
-    return config.load_weights(model, ckpt, "autoencoder"), ckpt
+    return ae_lib.from_checkpoint(ckpt), ckpt
 
 
 def load_classifier(ckpt_dir):
     ckpt = config.load_checkpoint(Path(ckpt_dir) / "classifier.pt", "classifier")
-    cfg = config.config_from_dict(ckpt["config"])
-    model = evaluate.StyleClassifier(len(ckpt["styles"]), cfg.classifier.channels,
-                                     cfg.classifier.emb_dim)
-    return config.load_weights(model, ckpt, "classifier"), ckpt["styles"], cfg
+    return evaluate.classifier_from_checkpoint(ckpt), ckpt["styles"], \
+        config.config_from_dict(ckpt["config"])
 
 
 def machine_description():
@@ -500,7 +538,7 @@ def write_results_md(results, path):
 
 
 STAGES = {"data": stage_data, "classifier": stage_classifier, "autoencoder": stage_autoencoder,
-          "ldm": stage_ldm, "eval": stage_eval}
+          "ldm": stage_ldm, "guidediff": stage_guidediff, "eval": stage_eval}
 
 
 def parse_args(argv=None):

@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import config
+import diffusion
 from attention import Attention, SpatialTransformer
 
 
@@ -167,3 +169,39 @@ class StyleEncoder(nn.Module):
 
     def null_context(self, batch):
         return self.null.expand(batch, -1, -1)                              # (B, M, D)
+
+
+class LatentDiffusion(nn.Module):
+    """U-Net + style encoder + noise schedule; forward returns the training loss (one
+    forward for DDP); sampling uses .unet, .style and .sched with diffusion.py."""
+
+    def __init__(self, unet_model, style, c):
+        super().__init__()
+        self.unet, self.style, self.c = unet_model, style, c
+        self.sched = diffusion.make_schedule(c.schedule, c.timesteps)
+
+    def forward(self, z0, labels, ref_spec):
+        B, c = len(z0), self.c
+        from_label, from_ref = self.style.from_labels(labels), self.style.from_reference(ref_spec)
+        use_ref = (torch.rand(B, device=z0.device) < c.ref_prob)[:, None, None]
+        context = torch.where(use_ref, from_ref, from_label)
+        drop = (torch.rand(B, device=z0.device) < c.cond_drop)[:, None, None]
+        context = torch.where(drop, self.style.null_context(B), context)
+        loss = diffusion.training_loss(self.sched, self.unet, z0, context, c.prediction)
+        # One token space: a clip of a style should name it as its label does.
+        align = (from_ref - from_label.detach()).pow(2).mean()
+        return loss + c.align_weight * align
+
+
+def build_ldm(c, n_styles, n_mels):
+    return LatentDiffusion(
+        UNet(4, c.model_channels, c.channel_mult, c.attention, c.num_res_blocks,
+             c.context_dim, c.heads, c.dim_head),
+        StyleEncoder(n_styles, n_mels, c.tokens, c.context_dim), c)
+
+
+def from_checkpoint(ckpt):
+    """The LatentDiffusion of a loaded ldm.pt (config.load_checkpoint)."""
+    cfg = config.config_from_dict(ckpt["config"])
+    model = build_ldm(cfg.ldm, len(ckpt["styles"]), cfg.audio.n_mels)
+    return config.load_weights(model, ckpt, "ldm")

@@ -1,0 +1,180 @@
+"""GuideDiff: the paper's fast diffusion decoder from spectrogram to waveform (Sec. 3.3).
+
+A guide encoder turns the normalised log-mel into guide features at frame rate; a
+diffusion decoder denoises the WAVEFORM under that guide. The forward process is the
+usual one, x_s = sqrt(1 - s^2) x0 + s eps, with a continuous noise level s in (0, 1]
+(WaveGrad's trick, Chen et al. 2021: one trained model serves any inference schedule).
+
+Sample-rate networks (DiffWave's 30 dilated layers over every sample) are too slow on a
+CPU, so the denoiser works at frame rate, as Vocos does (Siuzdak 2023): it reads the
+hand-written STFT of the noisy waveform, runs ConvNeXt blocks over frames, predicts the
+clean STFT as log-magnitude and phase, and returns to samples with the exact inverse STFT
+(weighted overlap-add, so there is no frame edge to click at). It predicts x0, trained with
+spectral losses on that prediction; the sampler turns x0 into eps for DDIM updates.
+
+The guide enters every block by FiLM: per frame, the guide (plus the noise-level
+embedding) scales and shifts the normalised activations. The paper says cross-attention;
+for a vocoder the guide frame that matters is the one at the same time, which FiLM reads
+directly, where attention over all frames costs O(T^2) to learn the same alignment.
+
+    spec (B, 1, n_mels, T) -guide-> g (B, T, D)
+    x_s (B, N) -stft-> (B, 3 F, T) -blocks(g, s)-> log|X|, phase (B, F, T) -istft-> x0 (B, N)
+    sampling: s_1 = 1 > s_2 > ... > s_K (a few steps), x0 -> eps -> ddim_update
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import config
+from diffusion import ddim_update
+from stft import hann_window, istft, mrstft_distance, stft
+from unet import timestep_embedding
+
+
+class ConvNeXtBlock(nn.Module):
+    """Depthwise conv over time, LayerNorm, FiLM from a per-frame condition, pointwise MLP,
+    scaled residual (ConvNeXt, Liu et al. 2022; as in Vocos). x: (B, T, D) channels-last."""
+
+    def __init__(self, dim, hidden, cond_dim=None, layer_scale=0.1):
+        super().__init__()
+        self.dwconv = nn.Conv1d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, elementwise_affine=cond_dim is None)
+        self.film = nn.Linear(cond_dim, 2 * dim) if cond_dim else None
+        if self.film is not None:            # start as plain LayerNorm
+            nn.init.zeros_(self.film.weight)
+            nn.init.zeros_(self.film.bias)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.gamma = nn.Parameter(torch.full((dim,), layer_scale))
+
+    def forward(self, x, cond=None):
+        h = self.norm(self.dwconv(x.transpose(1, 2)).transpose(1, 2))      # (B, T, D)
+        if self.film is not None:
+            scale, shift = self.film(cond).chunk(2, dim=-1)
+            h = h * (1 + scale) + shift
+        return x + self.gamma * self.mlp(h)
+
+
+class GuideDiff(nn.Module):
+    """Guide encoder + frame-rate diffusion decoder over the waveform.
+
+    n_fft and hop are the log-mel's (from the config), so the decoder's STFT frames are
+    the guide's frames one for one. `schedules` maps a step count K to its K noise levels
+    (decreasing, the first 1.0 = pure noise); the search in train.py fills it."""
+
+    def __init__(self, n_fft=1024, hop=256, n_mels=128, dim=256, hidden=768, layers=6,
+                 guide_layers=2, emb_dim=128):
+        super().__init__()
+        self.n_fft, self.hop, self.emb_dim = n_fft, hop, emb_dim
+        bins = n_fft // 2 + 1
+        self.register_buffer("window", hann_window(n_fft), persistent=False)
+        self.guide_in = nn.Conv1d(n_mels, dim, 7, padding=3)
+        self.guide_blocks = nn.ModuleList([ConvNeXtBlock(dim, hidden) for _ in range(guide_layers)])
+        self.guide_norm = nn.LayerNorm(dim)
+        self.noise_embed = nn.Sequential(nn.Linear(emb_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.wave_in = nn.Linear(3 * bins, dim)
+        self.blocks = nn.ModuleList([ConvNeXtBlock(dim, hidden, cond_dim=dim)
+                                     for _ in range(layers)])
+        self.out_norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 2 * bins)                                # log|X|, phase
+        self.schedules = {}
+
+    def guide(self, spec):
+        """spec (B, 1, n_mels, T) normalised log-mel -> guide features (B, T, D)."""
+        g = self.guide_in(spec[:, 0]).transpose(1, 2)                       # (B, T, D)
+        for block in self.guide_blocks:
+            g = block(g)
+        return self.guide_norm(g)
+
+    def denoise(self, x_s, guide, noise_level):
+        """x0_pred from the noisy waveform x_s (B, N), guide (B, T, D), noise level s (B,)."""
+        X = stft(x_s, self.n_fft, self.hop, window=self.window)             # (B, F, T) complex
+        T = min(X.shape[-1], guide.shape[1])
+        X, guide = X[..., :T], guide[:, :T]
+        mag = X.abs()
+        features = torch.cat([torch.log(mag + 1e-5), X.real / (mag + 1e-5),
+                              X.imag / (mag + 1e-5)], dim=1)                # (B, 3 F, T)
+        h = self.wave_in(features.transpose(1, 2))                          # (B, T, D)
+        emb = self.noise_embed(timestep_embedding(1000 * noise_level, self.emb_dim))
+        cond = F.silu(guide + emb[:, None])                                 # (B, T, D)
+        for block in self.blocks:
+            h = block(h, cond)
+        log_mag, phase = self.head(self.out_norm(h)).float().transpose(1, 2).chunk(2, dim=1)
+        # exp(log|X|) clipped as in Vocos: an early, wild prediction cannot overflow.
+        X0 = torch.polar(log_mag.clamp(max=math.log(100.0)).exp(), phase)   # (B, F, T)
+        return istft(X0, self.n_fft, self.hop, length=x_s.shape[-1], window=self.window)
+
+    def forward(self, x_s, spec, noise_level):
+        return self.denoise(x_s, self.guide(spec), noise_level)
+
+    @torch.no_grad()
+    def vocode(self, spec, steps=None, noise_levels=None, eta=0.0, generator=None,
+               length=None):
+        """Log-mel (B, 1, n_mels, T) -> waveform (B, N), N = length or hop (T - 1), in
+        len(noise_levels) denoiser calls (default: the stored schedule for `steps`)."""
+        if noise_levels is None:
+            steps = steps or min(self.schedules, default=1)
+            assert steps in self.schedules, f"no stored schedule for {steps} steps; " \
+                f"stored: {sorted(self.schedules)}"
+            noise_levels = self.schedules[steps]
+        B, N = spec.shape[0], length or self.hop * (spec.shape[-1] - 1)
+        g = self.guide(spec)
+        x = noise_levels[0] * torch.randn(B, N, generator=generator).to(spec)
+        for i, s in enumerate(noise_levels):
+            x0 = self.denoise(x, g, torch.full((B,), s, device=spec.device))
+            if i == len(noise_levels) - 1:
+                return x0
+            s_next = noise_levels[i + 1]
+            eps = (x - math.sqrt(1 - s * s) * x0) / s            # x_s = sqrt(1 - s^2) x0 + s eps
+            noise = torch.randn(B, N, generator=generator).to(spec) if eta > 0 else None
+            x = ddim_update(x0, eps, 1 - s * s, 1 - s_next * s_next, eta, noise)
+
+
+def training_loss(model, wave, spec, logmel, p_pure_noise=0.25, generator=None):
+    """Noise the waveform to a random level s, predict x0, and score the prediction with
+    the normalised log-mel L1 plus the multi-resolution STFT distance (the metrics the
+    evaluation reads; Vocos and Parallel WaveGAN train on the same pair, without a GAN here).
+
+    s ~ U(0, 1], with p_pure_noise of the batch at s = 1: the first step of every schedule
+    starts from pure noise, so that level gets its own share of the training."""
+    B = wave.shape[0]
+    s = torch.rand(B, generator=generator).to(wave).clamp_min(1e-3)
+    s = torch.where(torch.rand(B, generator=generator).to(wave) < p_pure_noise,
+                    torch.ones_like(s), s)
+    eps = torch.randn(wave.shape, generator=generator).to(wave)
+    x_s = (1 - s * s).sqrt()[:, None] * wave + s[:, None] * eps
+    x0_pred = model(x_s, spec, s)
+    mel_l1 = (logmel(x0_pred) - spec).abs().mean()
+    return mel_l1 + mrstft_distance(wave, x0_pred).mean()
+
+
+def candidate_schedules(steps):
+    """Noise-level schedules of `steps` levels to search over: 1.0, then geometric from
+    s_2 down to s_min (the last step only removes a trace of noise)."""
+    if steps == 1:
+        return [[1.0]]
+    out = []
+    for s2 in (0.8, 0.5, 0.3):
+        for s_min in (0.1, 0.03, 0.01):
+            if s_min >= s2:
+                continue
+            k = steps - 1
+            out.append([1.0] + [s2 * (s_min / s2) ** (i / max(k - 1, 1)) for i in range(k)])
+    return out
+
+
+def build(cfg):
+    """A GuideDiff for a Config: the STFT and mel settings come from cfg.audio."""
+    c = cfg.guidediff
+    return GuideDiff(cfg.audio.n_fft, cfg.audio.hop, cfg.audio.n_mels, c.dim, c.hidden,
+                     c.layers, c.guide_layers, c.emb_dim)
+
+
+def from_checkpoint(ckpt):
+    """The GuideDiff of a loaded guidediff.pt (config.load_checkpoint), with its schedules."""
+    model = config.load_weights(build(config.config_from_dict(ckpt["config"])), ckpt,
+                                "guidediff")
+    model.schedules = {int(k): list(v) for k, v in ckpt.get("schedules", {}).items()}
+    model.default_steps = ckpt.get("default_steps", min(model.schedules, default=1))
+    return model
