@@ -220,20 +220,22 @@ def sdedit(sched, x0, strength, generator=None):
 
 def transfer(model, sched, x_src, context_tgt, steps, strength=0.6, mode="sdedit",
              context_src=None, null_context=None, guidance=1.0, generator=None,
-             prediction="v", progress=None):
+             prediction="v", progress=None, invert_iters=1):
     """Move x_src to the target condition: the paper's style transfer in latent space.
 
     sdedit: noise x_src to t = strength (T - 1) and denoise under the target (Meng et al.).
     inversion: DDIM-invert x_src under its own condition up to that t, then regenerate under
     the target (the dual-diffusion-bridge idea, Su et al. 2023): deterministic, and keeps
     more of the source than fresh noise does. `steps` counts the denoising steps taken.
+    Inversion runs the conditional model alone: inverting under guidance drifts (the
+    reason for null-text inversion, Mokady et al. 2023), and it halves the cost.
     """
     t_start = int(round(strength * (sched.T - 1)))
     if mode == "sdedit":
         x_t, _ = sdedit(sched, x_src, strength, generator)
     elif mode == "inversion":
         x_t = ddim_invert(model, sched, x_src, context_src, steps, t_end=t_start,
-                          guidance=guidance, null_context=null_context, prediction=prediction)
+                          prediction=prediction, fixed_point_iters=invert_iters)
     else:
         raise ValueError(f"unknown transfer mode {mode!r}: use 'sdedit' or 'inversion'")
     return ddim_sample(model, sched, x_t, context_tgt, steps, guidance=guidance,

@@ -243,6 +243,8 @@ def reference_systems(waves, logmel, n_fft, hop):
 
 def results_markdown(results):
     """RESULTS.md from results.json: the machine, the command, the tables, the legend."""
+    if "test_set" not in results:           # only a sweep has been run
+        return f"# Results\n\n{sweep_markdown(results)}{METRICS_NOTE}\n"
     t = results["test_set"]
     return (f"# Results\n\nMade by `{results['command']}` on {results['machine']}.\n\n"
             f"## Transfer\n\nTest split: {t['pieces']} held-out pieces x {len(t['styles'])} "
@@ -251,7 +253,22 @@ def results_markdown(results):
             f"in the target style.\n\n{results_table(results['transfer'])}\n\n"
             f"## Resynthesis (vocoders and round trips)\n\nEach test piece in each style, "
             f"resynthesised from its own ground truth and scored against it.\n\n"
-            f"{results_table(results['resynthesis'])}\n\n{METRICS_NOTE}\n")
+            f"{results_table(results['resynthesis'])}\n\n{sweep_markdown(results)}"
+            f"{METRICS_NOTE}\n")
+
+
+def sweep_markdown(results):
+    """The LDM strength x guidance sweep (train.py --stage eval --sweep), if one was run."""
+    if "sweep" not in results:
+        return ""
+    sw = results["sweep"]
+    rows = {f"{r['mode']}, strength {r['strength']}, w = {r['guidance']}": r
+            for r in sw["rows"]}
+    return (f"## LDM sweep: strength x guidance\n\nMade by `{sw['command']}`: the first "
+            f"{sw['seconds']:.0f} s of {sw['pieces']} test pieces, every ordered style pair, "
+            f"{sw['rows'][0]['steps']} denoising steps, decoded through Griffin-Lim. The "
+            f"identity row on the same clips: chroma vs target "
+            f"{sw['identity']['content_target']:.3f}.\n\n{results_table(rows)}\n\n")
 
 
 METRICS_NOTE = """- *style acc.*: the style classifier (`evaluate.StyleClassifier`, trained on the

@@ -18,10 +18,12 @@ for a vocoder the guide frame that matters is the one at the same time, which Fi
 directly, where attention over all frames costs O(T^2) to learn the same alignment.
 
     spec (B, 1, n_mels, T) -guide-> g (B, T, D)
-    x_s (B, N) -stft-> (B, 3 F, T) -blocks(g, s)-> log|X|, phase (B, F, T) -istft-> x0 (B, N)
+    x_s (B, N) -stft-> (B, 3 F, T) -blocks(g, s)-> log|X| (prior + correction), phase
+        -istft-> x0 (B, N)
     sampling: s_1 = 1 > s_2 > ... > s_K (a few steps), x0 -> eps -> ddim_update
 """
 import math
+from dataclasses import asdict
 
 import torch
 import torch.nn as nn
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 
 import config
 from diffusion import ddim_update
-from stft import hann_window, istft, mrstft_distance, stft
+from stft import LogMel, istft, mrstft_distance, stft
 from unet import timestep_embedding
 
 
@@ -63,12 +65,11 @@ class GuideDiff(nn.Module):
     the guide's frames one for one. `schedules` maps a step count K to its K noise levels
     (decreasing, the first 1.0 = pure noise); the search in train.py fills it."""
 
-    def __init__(self, n_fft=1024, hop=256, n_mels=128, dim=256, hidden=768, layers=6,
-                 guide_layers=2, emb_dim=128):
+    def __init__(self, logmel, dim=256, hidden=768, layers=6, guide_layers=2, emb_dim=128):
         super().__init__()
-        self.n_fft, self.hop, self.emb_dim = n_fft, hop, emb_dim
-        bins = n_fft // 2 + 1
-        self.register_buffer("window", hann_window(n_fft), persistent=False)
+        self.logmel = logmel                       # stft.LogMel: the spectrogram's settings
+        self.n_fft, self.hop, self.emb_dim = logmel.n_fft, logmel.hop, emb_dim
+        bins, n_mels = self.n_fft // 2 + 1, logmel.mel_fb.shape[0]
         self.guide_in = nn.Conv1d(n_mels, dim, 7, padding=3)
         self.guide_blocks = nn.ModuleList([ConvNeXtBlock(dim, hidden) for _ in range(guide_layers)])
         self.guide_norm = nn.LayerNorm(dim)
@@ -77,21 +78,28 @@ class GuideDiff(nn.Module):
         self.blocks = nn.ModuleList([ConvNeXtBlock(dim, hidden, cond_dim=dim)
                                      for _ in range(layers)])
         self.out_norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, 2 * bins)                                # log|X|, phase
+        self.head = nn.Linear(dim, 2 * bins)            # log|X| correction, phase
+        nn.init.zeros_(self.head.weight[:bins])         # start at the prior magnitude
+        nn.init.zeros_(self.head.bias)
         self.schedules = {}
 
     def guide(self, spec):
-        """spec (B, 1, n_mels, T) normalised log-mel -> guide features (B, T, D)."""
+        """spec (B, 1, n_mels, T) normalised log-mel -> (guide features (B, T, D), the
+        log-magnitude prior (B, F, T)). The prior is the least-squares magnitude under the
+        mel filterbank (Griffin-Lim's starting point; FreeV, Lv et al. 2024): the decoder
+        only corrects it, which it learns far faster than the whole magnitude."""
         g = self.guide_in(spec[:, 0]).transpose(1, 2)                       # (B, T, D)
         for block in self.guide_blocks:
             g = block(g)
-        return self.guide_norm(g)
+        prior = torch.log(self.logmel.mel_to_magnitude(spec.float()).clamp_min(1e-5))
+        return self.guide_norm(g), prior
 
     def denoise(self, x_s, guide, noise_level):
-        """x0_pred from the noisy waveform x_s (B, N), guide (B, T, D), noise level s (B,)."""
-        X = stft(x_s, self.n_fft, self.hop, window=self.window)             # (B, F, T) complex
+        """x0_pred from the noisy waveform x_s (B, N), guide (from .guide), noise level s (B,)."""
+        guide, prior = guide
+        X = stft(x_s, self.n_fft, self.hop, window=self.logmel.window)      # (B, F, T) complex
         T = min(X.shape[-1], guide.shape[1])
-        X, guide = X[..., :T], guide[:, :T]
+        X, guide, prior = X[..., :T], guide[:, :T], prior[..., :T]
         mag = X.abs()
         features = torch.cat([torch.log(mag + 1e-5), X.real / (mag + 1e-5),
                               X.imag / (mag + 1e-5)], dim=1)                # (B, 3 F, T)
@@ -100,10 +108,11 @@ class GuideDiff(nn.Module):
         cond = F.silu(guide + emb[:, None])                                 # (B, T, D)
         for block in self.blocks:
             h = block(h, cond)
-        log_mag, phase = self.head(self.out_norm(h)).float().transpose(1, 2).chunk(2, dim=1)
+        correction, phase = self.head(self.out_norm(h)).float().transpose(1, 2).chunk(2, dim=1)
         # exp(log|X|) clipped as in Vocos: an early, wild prediction cannot overflow.
-        X0 = torch.polar(log_mag.clamp(max=math.log(100.0)).exp(), phase)   # (B, F, T)
-        return istft(X0, self.n_fft, self.hop, length=x_s.shape[-1], window=self.window)
+        log_mag = (prior + correction).clamp(max=math.log(100.0))
+        X0 = torch.polar(log_mag.exp(), phase)                              # (B, F, T)
+        return istft(X0, self.n_fft, self.hop, length=x_s.shape[-1], window=self.logmel.window)
 
     def forward(self, x_s, spec, noise_level):
         return self.denoise(x_s, self.guide(spec), noise_level)
@@ -167,8 +176,8 @@ def candidate_schedules(steps):
 def build(cfg):
     """A GuideDiff for a Config: the STFT and mel settings come from cfg.audio."""
     c = cfg.guidediff
-    return GuideDiff(cfg.audio.n_fft, cfg.audio.hop, cfg.audio.n_mels, c.dim, c.hidden,
-                     c.layers, c.guide_layers, c.emb_dim)
+    return GuideDiff(LogMel(**asdict(cfg.audio)), c.dim, c.hidden, c.layers, c.guide_layers,
+                     c.emb_dim)
 
 
 def from_checkpoint(ckpt):

@@ -436,36 +436,71 @@ def load_ldm(ckpt_dir):
     return unet.from_checkpoint(ckpt), ckpt
 
 
-def ldm_systems(ldm, ldm_ckpt, autoencoder, styles, logmel, cfg, steps=10, strength=0.6,
-                guidance=2.0):
-    """Transfer rows: SDEdit in the latent space, decoded and heard through Griffin-Lim.
+def griffin_lim_vocoder(logmel, cfg):
+    def vocode(spec, length, generator):
+        return griffin_lim(logmel.mel_to_magnitude(spec), cfg.audio.n_fft, cfg.audio.hop,
+                           n_iter=64, length=length, generator=generator)
+    return vocode
+
+
+def ldm_systems(ldm, ldm_ckpt, autoencoder, styles, logmel, settings, vocoder, vocoder_name):
+    """Transfer rows: one per setting dict(mode, strength, guidance, steps) -- the latent
+    transfer of diffusion.transfer, decoded by the autoencoder and heard through `vocoder`.
 
     All targets of one (piece, source) are denoised in one batch and cached, so the summed
     compute time over the pairs is still the true cost."""
-    scale, c = ldm_ckpt["latent_scale"], cfg.ldm
-    cache = {}
+    scale = ldm_ckpt["latent_scale"]
+    prediction = config.config_from_dict(ldm_ckpt["config"]).ldm.prediction
 
-    @torch.no_grad()
-    def transfer(wave, src, tgt, piece):
-        if (piece, src) not in cache:
-            spec = logmel(wave[None])                                   # (1, 1, n_mels, T)
-            targets = [s for s in styles if s != src]
-            z = (autoencoder.encode(spec).mode() * scale).expand(len(targets), -1, -1, -1)
-            context = ldm.style.from_labels(torch.tensor([styles.index(s) for s in targets]))
-            generator = torch.Generator().manual_seed(0)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                z_tgt = diffusion.transfer(ldm.unet, ldm.sched, z, context, steps, strength,
-                                           null_context=ldm.style.null_context(len(targets)),
-                                           guidance=guidance, generator=generator,
-                                           prediction=c.prediction)
+    def system(mode, strength, guidance, steps):
+        cache = {}
+
+        @torch.no_grad()
+        def transfer(wave, src, tgt, piece):
+            if (piece, src) not in cache:
+                spec = logmel(wave[None])                               # (1, 1, n_mels, T)
+                targets = [s for s in styles if s != src]
+                z = (autoencoder.encode(spec).mode() * scale).expand(len(targets), -1, -1, -1)
+                labels = torch.tensor([styles.index(s) for s in targets])
+                generator = torch.Generator().manual_seed(0)
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    z_tgt = diffusion.transfer(
+                        ldm.unet, ldm.sched, z, ldm.style.from_labels(labels), steps, strength,
+                        mode, context_src=ldm.style.from_labels(torch.full_like(labels,
+                                                                styles.index(src))),
+                        null_context=ldm.style.null_context(len(targets)), guidance=guidance,
+                        generator=generator, prediction=prediction)
                 spec_tgt = autoencoder.decode(z_tgt.float() / scale, length=spec.shape[-1])
-            audio = griffin_lim(logmel.mel_to_magnitude(spec_tgt.float()), cfg.audio.n_fft,
-                                cfg.audio.hop, n_iter=64, length=len(wave), generator=generator)
-            cache[piece, src] = dict(zip(targets, audio))
-        return cache[piece, src][tgt]
+                audio = vocoder(spec_tgt, len(wave), generator)
+                cache[piece, src] = dict(zip(targets, audio))
+            return cache[piece, src][tgt]
+        return transfer
 
-    return {f"LDM transfer (SDEdit {strength}, {steps} steps, w={guidance}) + Griffin-Lim":
-            transfer}
+    return {f"LDM {s['mode']} (strength {s['strength']}, w={s['guidance']}, {s['steps']} "
+            f"steps) + {vocoder_name}": system(**s) for s in settings}
+
+
+SWEEP = dict(mode=("sdedit", "inversion"), strength=(0.3, 0.5, 0.7, 0.9), guidance=(1.0, 3.0, 5.0))
+
+
+def sweep_ldm(args, waves, styles, classifier, logmel, cfg):
+    """The strength x guidance grid for both modes on the first 4 s of --pieces test pieces
+    (default 2), heard through Griffin-Lim: rows of results["sweep"]."""
+    ldm, ldm_ckpt = load_ldm(args.ckpt_dir)
+    autoencoder = load_autoencoder(args.ckpt_dir)[0]
+    window = int(4.0 * cfg.audio.sample_rate)
+    waves = {k: w[:window] for k, w in waves.items()}
+    settings = [dict(mode=m, strength=s, guidance=g, steps=args.sampler_steps)
+                for m in SWEEP["mode"] for s in SWEEP["strength"] for g in SWEEP["guidance"]]
+    systems = ldm_systems(ldm, ldm_ckpt, autoencoder, styles, logmel, settings,
+                          griffin_lim_vocoder(logmel, cfg), "Griffin-Lim")
+    rows = []
+    for setting, (name, system) in zip(settings, tqdm(systems.items(), desc="sweep")):
+        rows.append(dict(setting, **evaluate.score_system(system, waves, styles, classifier,
+                                                          logmel, cfg.audio.sample_rate)))
+    identity = evaluate.score_system(lambda wave, src, tgt, piece: wave, waves, styles,
+                                     classifier, logmel, cfg.audio.sample_rate)
+    return dict(rows=rows, identity=identity, pieces=len({p for p, _ in waves}), seconds=4.0)
 
 
 def load_autoencoder(ckpt_dir):
@@ -489,17 +524,36 @@ def machine_description():
             f"{evaluate.matmul_gflops(dtype=torch.bfloat16):.0f} GFLOP/s bf16")
 
 
+def best_settings(sweep, mode):
+    """The sweep's pick for a mode: the highest style accuracy among settings whose chroma
+    similarity to the target stays within 0.1 of the identity's (issue 6's content bar);
+    if none does, the best content."""
+    rows = [r for r in sweep["rows"] if r["mode"] == mode]
+    ok = [r for r in rows if r["content_target"] >= sweep["identity"]["content_target"] - 0.1]
+    best = max(ok, key=lambda r: (r["style_accuracy"], r["content_target"])) if ok else \
+        max(rows, key=lambda r: r["content_target"])
+    return {k: best[k] for k in ("mode", "strength", "guidance", "steps")}
+
+
 def stage_eval(args, cfg):
     classifier, styles, cfg = load_classifier(args.ckpt_dir)
     waves, test_styles = data.load_paired_split(args.data, "test", cfg.audio.sample_rate,
-                                                pieces=args.pieces)
+                                                pieces=args.pieces or (2 if args.sweep else None))
     if test_styles != styles:
         raise ValueError(f"the classifier knows styles {styles} but {args.data} has "
                          f"{test_styles}; retrain it with `python train.py --stage classifier`")
     logmel = LogMel(**asdict(cfg.audio))
     out_dir = Path(args.results)
     results_path = out_dir / "results.json"
-    results = {}                            # every run scores every system that exists
+    old = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    command = "python " + " ".join(sys.argv)
+    if args.sweep:                          # only the sweep is redone; the tables stay
+        old["sweep"] = dict(sweep_ldm(args, waves, styles, classifier, logmel, cfg),
+                            command=command)
+        write_results(old, out_dir)
+        print(evaluate.sweep_markdown(old))
+        return
+    results = {"sweep": old["sweep"]} if "sweep" in old else {}
     transfer, resynthesis = evaluate.reference_systems(waves, logmel, cfg.audio.n_fft,
                                                        cfg.audio.hop)
     references = set(transfer)
@@ -508,8 +562,12 @@ def stage_eval(args, cfg):
                                                cfg))
     if (Path(args.ckpt_dir) / "ldm.pt").is_file():
         ldm, ldm_ckpt = load_ldm(args.ckpt_dir)
+        settings = [best_settings(results["sweep"], m) if "sweep" in results else
+                    dict(mode=m, strength=0.7, guidance=3.0, steps=args.sampler_steps)
+                    for m in SWEEP["mode"]]
         transfer.update(ldm_systems(ldm, ldm_ckpt, load_autoencoder(args.ckpt_dir)[0], styles,
-                                    logmel, config.config_from_dict(ldm_ckpt["config"])))
+                                    logmel, settings, griffin_lim_vocoder(logmel, cfg),
+                                    "Griffin-Lim"))
     for table, systems, resynth in (("transfer", transfer, False),
                                     ("resynthesis", resynthesis, True)):
         rows = results.setdefault(table, {})
@@ -522,19 +580,19 @@ def stage_eval(args, cfg):
     results["machine"] = machine_description()
     results["test_set"] = dict(pieces=len(pieces), styles=styles,
                                seconds=len(next(iter(waves.values()))) / cfg.audio.sample_rate)
-    results["command"] = "python " + " ".join(sys.argv)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = results_path.with_name("results.json.tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    os.replace(tmp, results_path)
-    write_results_md(results, out_dir / "RESULTS.md")
+    results["command"] = command
+    write_results(results, out_dir)
     print(evaluate.results_markdown(results))
 
 
-def write_results_md(results, path):
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(evaluate.results_markdown(results))
-    os.replace(tmp, path)
+def write_results(results, out_dir):
+    """results.json and RESULTS.md, each written to a temporary file and renamed."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in (("results.json", json.dumps(results, indent=1)),
+                       ("RESULTS.md", evaluate.results_markdown(results))):
+        tmp = out_dir / (name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, out_dir / name)
 
 
 STAGES = {"data": stage_data, "classifier": stage_classifier, "autoencoder": stage_autoencoder,
@@ -555,6 +613,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=None, help="default: preset")
     p.add_argument("--pieces", type=int, default=None,
                    help="data: pieces to build (default: preset); eval: test pieces to score")
+    p.add_argument("--sweep", action="store_true",
+                   help="eval: the LDM strength x guidance sweep (default 2 pieces, 4 s)")
+    p.add_argument("--sampler-steps", type=int, default=10, help="eval: LDM denoising steps")
     p.add_argument("--resume", action="store_true", help="continue from CKPT_DIR/STAGE.train.pt")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPU and CUDA)")
     p.add_argument("--val-every", type=int, default=200, help="validation interval (steps)")

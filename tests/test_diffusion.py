@@ -162,3 +162,17 @@ def test_transfer_modes(sched):
     assert torch.allclose(same, x_src, atol=1e-3)
     with pytest.raises(ValueError, match="unknown transfer mode"):
         D.transfer(gauss, sched, x_src, None, steps=2, mode="cyclegan")
+
+
+def test_ddim_update_is_ddim_step_arithmetic(sched):
+    """ddim_update with the schedule's alpha_bar gives ddim_step's result (eta 0 and 1)."""
+    torch.manual_seed(0)
+    x_t, pred, noise = torch.randn(3, 2, 8), torch.randn(3, 2, 8), torch.randn(3, 2, 8)
+    t, t_prev = 600, 400
+    tt = torch.full((3,), t)
+    x0, eps = D.x0_eps(sched, x_t, tt, pred, "v")
+    for eta in (0.0, 1.0):
+        a = D.ddim_step(sched, x_t, t, t_prev, pred, "v", eta=eta, noise=noise)
+        b = D.ddim_update(x0, eps, sched.alphas_cumprod[t].item(),
+                          sched.alphas_cumprod[t_prev].item(), eta, noise)
+        assert torch.allclose(a, b, atol=1e-6)
