@@ -148,12 +148,35 @@ def matmul_gflops(n=1024, dtype=torch.float32, device="cpu", repeats=10):
 
 # ---------------------------------------------------------------- scoring a system
 @torch.no_grad()
+@torch.no_grad()
+def window_embeddings(classifier, logmel, wave, window):
+    """Classifier embeddings (n, D) of a wave (N,) cut into n whole windows (one if short)."""
+    n = max(1, wave.shape[-1] // window)
+    chunks = wave[:n * window].reshape(n, -1) if wave.shape[-1] >= window else wave[None]
+    return classifier.embed(logmel(chunks)).numpy()
+
+
+def fad_floor(test_waves, train_waves, styles, classifier, logmel, sample_rate,
+              window_seconds=4.0):
+    """FAD-C between the test split's ground truth and other pieces of the train split, per
+    style, averaged: what two honest samples of the same styles score (the noise floor
+    against which a transfer's FAD-C is read)."""
+    window = int(window_seconds * sample_rate)
+    return float(np.mean([frechet_distance(
+        np.concatenate([window_embeddings(classifier, logmel, w, window)
+                        for (_, s), w in test_waves.items() if s == style]),
+        np.concatenate([window_embeddings(classifier, logmel, w, window)
+                        for (_, s), w in train_waves.items() if s == style]))
+        for style in styles]))
+
+
 def score_system(system, waves, styles, classifier, logmel, sample_rate, window_seconds=4.0,
                  resynthesis=False):
     """Score `system` over every test piece and every ordered pair of distinct styles.
 
     waves: {(piece, style): wave (N,)} ground-truth renderings (the paired test split).
-    system(wave, source_style, target_style, piece) -> wave (N',).
+    system(wave, source_style, target_style, piece) -> wave (N',), or (wave, seconds) when
+    the system batches work over calls and reports each output's share of its compute.
     resynthesis=True scores a vocoder or round trip instead: one call per (piece, style)
     with source = target, and no content-vs-source column.
     FAD-C is computed per target style (outputs for T against the ground truth in T, each
@@ -170,16 +193,17 @@ def score_system(system, waves, styles, classifier, logmel, sample_rate, window_
             for tgt in ([src] if resynthesis else [t for t in styles if t != src]):
                 t0 = time.perf_counter()
                 out = system(waves[piece, src], src, tgt, piece)
-                compute += time.perf_counter() - t0
+                seconds = time.perf_counter() - t0
+                if isinstance(out, tuple):      # a system that shares work between calls
+                    out, seconds = out          # reports each output's share of it
+                compute += seconds
                 out, ref = _crop(out[None].float(), waves[piece, tgt][None])
                 source = waves[piece, src][None]
                 spec_out, spec_ref = logmel(out), logmel(ref)
                 label = classifier(spec_out).argmax(-1).item()
                 stats["correct"].append(float(label == styles.index(tgt)))
-                n = max(1, out.shape[-1] // window)      # (n, window) windows for FAD-C
                 for x, bank in ((out, emb_out[tgt]), (ref, emb_ref[tgt])):
-                    chunks = x[0, :n * window].reshape(n, -1) if x.shape[-1] >= window else x
-                    bank.append(classifier.embed(logmel(chunks)).numpy())
+                    bank.append(window_embeddings(classifier, logmel, x[0], window))
                 stats["content_target"].append(content_similarity(out, ref, sample_rate).item())
                 stats["content_source"].append(
                     content_similarity(out, source, sample_rate).item())
@@ -246,11 +270,13 @@ def results_markdown(results):
     if "test_set" not in results:           # only a sweep has been run
         return f"# Results\n\n{sweep_markdown(results)}{METRICS_NOTE}\n"
     t = results["test_set"]
+    floor = (f" FAD-C floor (the test ground truth against as many train-split pieces in "
+             f"the same styles): {results['fad_floor']:.2f}." if "fad_floor" in results else "")
     return (f"# Results\n\nMade by `{results['command']}` on {results['machine']}.\n\n"
             f"## Transfer\n\nTest split: {t['pieces']} held-out pieces x {len(t['styles'])} "
             f"styles ({', '.join(t['styles'])}), {t['seconds']:.0f} s each; every ordered "
             f"pair of distinct styles, scored against the ground-truth rendering of the piece "
-            f"in the target style.\n\n{results_table(results['transfer'])}\n\n"
+            f"in the target style.{floor}\n\n{results_table(results['transfer'])}\n\n"
             f"## Resynthesis (vocoders and round trips)\n\nEach test piece in each style, "
             f"resynthesised from its own ground truth and scored against it.\n\n"
             f"{results_table(results['resynthesis'])}\n\n{sweep_markdown(results)}"

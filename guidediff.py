@@ -140,7 +140,8 @@ class GuideDiff(nn.Module):
             x = ddim_update(x0, eps, 1 - s * s, 1 - s_next * s_next, eta, noise)
 
 
-def training_loss(model, wave, spec, logmel, p_pure_noise=0.25, generator=None):
+def training_loss(model, wave, spec, logmel, p_pure_noise=0.25, mel_weight=1.0,
+                  generator=None):
     """Noise the waveform to a random level s, predict x0, and score the prediction with
     the normalised log-mel L1 plus the multi-resolution STFT distance (the metrics the
     evaluation reads; Vocos and Parallel WaveGAN train on the same pair, without a GAN here).
@@ -155,7 +156,7 @@ def training_loss(model, wave, spec, logmel, p_pure_noise=0.25, generator=None):
     x_s = (1 - s * s).sqrt()[:, None] * wave + s[:, None] * eps
     x0_pred = model(x_s, spec, s)
     mel_l1 = (logmel(x0_pred) - spec).abs().mean()
-    return mel_l1 + mrstft_distance(wave, x0_pred).mean()
+    return mel_weight * mel_l1 + mrstft_distance(wave, x0_pred).mean()
 
 
 def candidate_schedules(steps):
@@ -182,8 +183,12 @@ def build(cfg):
 
 def from_checkpoint(ckpt):
     """The GuideDiff of a loaded guidediff.pt (config.load_checkpoint), with its schedules."""
-    model = config.load_weights(build(config.config_from_dict(ckpt["config"])), ckpt,
-                                "guidediff")
-    model.schedules = {int(k): list(v) for k, v in ckpt.get("schedules", {}).items()}
-    model.default_steps = ckpt.get("default_steps", min(model.schedules, default=1))
+    cfg = config.config_from_dict(ckpt["config"])
+    model = config.load_weights(build(cfg), ckpt, "guidediff")
+    model.default_steps = ckpt.get("default_steps", cfg.guidediff.default_steps)
+    # A checkpoint saved mid-training has no searched schedules yet: use the one that
+    # training validates with.
+    model.schedules = {int(k): list(v) for k, v in ckpt.get("schedules", {}).items()} or \
+        {model.default_steps: candidate_schedules(model.default_steps)[0]}
+    model.searched = "schedules" in ckpt
     return model

@@ -370,7 +370,7 @@ class GuideDiffTraining(nn.Module):
 
     def forward(self, wave):
         return guidediff.training_loss(self.model, wave, self.logmel(wave), self.logmel,
-                                       self.c.p_pure_noise)
+                                       self.c.p_pure_noise, self.c.mel_weight)
 
 
 def score_vocoder(model, specs, waves, logmel, noise_levels, batch=8):
@@ -443,41 +443,79 @@ def griffin_lim_vocoder(logmel, cfg):
     return vocode
 
 
-def ldm_systems(ldm, ldm_ckpt, autoencoder, styles, logmel, settings, vocoder, vocoder_name):
-    """Transfer rows: one per setting dict(mode, strength, guidance, steps) -- the latent
-    transfer of diffusion.transfer, decoded by the autoencoder and heard through `vocoder`.
+def load_guidediff(ckpt_dir):
+    return guidediff.from_checkpoint(config.load_checkpoint(Path(ckpt_dir) / "guidediff.pt",
+                                                            "guidediff"))
 
-    All targets of one (piece, source) are denoised in one batch and cached, so the summed
-    compute time over the pairs is still the true cost."""
+
+def guidediff_vocoder(model, steps):
+    def vocode(spec, length, generator):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return model.vocode(spec, steps, generator=generator, length=length).float()
+    return vocode
+
+
+def guidediff_systems(model, waves, logmel):
+    """Resynthesis rows: GuideDiff from the ground-truth log-mel at each stored step count."""
+    def system(steps):
+        vocode = guidediff_vocoder(model, steps)
+
+        def resynthesise(wave, src, tgt, piece):
+            return vocode(logmel(wave[None]), len(wave), torch.Generator().manual_seed(0))[0]
+        return resynthesise
+    return {f"GuideDiff, {k} step{'s' * (k > 1)} (ground-truth log-mel)": system(k)
+            for k in sorted(model.schedules)}
+
+
+def ldm_systems(ldm, ldm_ckpt, autoencoder, styles, logmel, settings, vocoders):
+    """Transfer rows: one per setting dict(mode, strength, guidance, steps) and vocoder --
+    the latent transfer of diffusion.transfer, decoded by the autoencoder and heard
+    through each of `vocoders` ({name: vocode(spec, length, generator)}).
+
+    All targets of one (piece, source) are denoised in one batch, and the latent result is
+    shared by the vocoders; each output reports its share of the timed compute (the
+    batch's time over its targets, plus its own vocoding), so the RTF is the true cost."""
     scale = ldm_ckpt["latent_scale"]
     prediction = config.config_from_dict(ldm_ckpt["config"]).ldm.prediction
 
-    def system(mode, strength, guidance, steps):
-        cache = {}
+    @torch.no_grad()
+    def latent_transfer(wave, src, mode, strength, guidance, steps):
+        t0 = time.perf_counter()
+        spec = logmel(wave[None])                                       # (1, 1, n_mels, T)
+        targets = [s for s in styles if s != src]
+        z = (autoencoder.encode(spec).mode() * scale).expand(len(targets), -1, -1, -1)
+        labels = torch.tensor([styles.index(s) for s in targets])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            z_tgt = diffusion.transfer(
+                ldm.unet, ldm.sched, z, ldm.style.from_labels(labels), steps, strength, mode,
+                context_src=ldm.style.from_labels(torch.full_like(labels, styles.index(src))),
+                null_context=ldm.style.null_context(len(targets)), guidance=guidance,
+                generator=torch.Generator().manual_seed(0), prediction=prediction)
+        spec_tgt = autoencoder.decode(z_tgt.float() / scale, length=spec.shape[-1])
+        return targets, spec_tgt, time.perf_counter() - t0
 
-        @torch.no_grad()
-        def transfer(wave, src, tgt, piece):
-            if (piece, src) not in cache:
-                spec = logmel(wave[None])                               # (1, 1, n_mels, T)
-                targets = [s for s in styles if s != src]
-                z = (autoencoder.encode(spec).mode() * scale).expand(len(targets), -1, -1, -1)
-                labels = torch.tensor([styles.index(s) for s in targets])
-                generator = torch.Generator().manual_seed(0)
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    z_tgt = diffusion.transfer(
-                        ldm.unet, ldm.sched, z, ldm.style.from_labels(labels), steps, strength,
-                        mode, context_src=ldm.style.from_labels(torch.full_like(labels,
-                                                                styles.index(src))),
-                        null_context=ldm.style.null_context(len(targets)), guidance=guidance,
-                        generator=generator, prediction=prediction)
-                spec_tgt = autoencoder.decode(z_tgt.float() / scale, length=spec.shape[-1])
-                audio = vocoder(spec_tgt, len(wave), generator)
-                cache[piece, src] = dict(zip(targets, audio))
-            return cache[piece, src][tgt]
-        return transfer
+    latents, systems = {}, {}
+    for setting in settings:
+        key = tuple(setting.values())
+        for vocoder_name, vocode in vocoders.items():
+            cache = {}
 
-    return {f"LDM {s['mode']} (strength {s['strength']}, w={s['guidance']}, {s['steps']} "
-            f"steps) + {vocoder_name}": system(**s) for s in settings}
+            def transfer(wave, src, tgt, piece, setting=setting, key=key, vocode=vocode,
+                         cache=cache):
+                if (key, piece, src) not in latents:
+                    latents[key, piece, src] = latent_transfer(wave, src, **setting)
+                if (piece, src) not in cache:
+                    targets, spec_tgt, seconds = latents[key, piece, src]
+                    t0 = time.perf_counter()
+                    audio = vocode(spec_tgt, len(wave), torch.Generator().manual_seed(0))
+                    share = (seconds + time.perf_counter() - t0) / len(targets)
+                    cache[piece, src] = {t: (a, share) for t, a in zip(targets, audio)}
+                return cache[piece, src][tgt]
+
+            name = (f"LDM {setting['mode']} (strength {setting['strength']}, "
+                    f"w={setting['guidance']}, {setting['steps']} steps) + {vocoder_name}")
+            systems[name] = transfer
+    return systems
 
 
 SWEEP = dict(mode=("sdedit", "inversion"), strength=(0.3, 0.5, 0.7, 0.9), guidance=(1.0, 3.0, 5.0))
@@ -493,7 +531,7 @@ def sweep_ldm(args, waves, styles, classifier, logmel, cfg):
     settings = [dict(mode=m, strength=s, guidance=g, steps=args.sampler_steps)
                 for m in SWEEP["mode"] for s in SWEEP["strength"] for g in SWEEP["guidance"]]
     systems = ldm_systems(ldm, ldm_ckpt, autoencoder, styles, logmel, settings,
-                          griffin_lim_vocoder(logmel, cfg), "Griffin-Lim")
+                          {"Griffin-Lim": griffin_lim_vocoder(logmel, cfg)})
     rows = []
     for setting, (name, system) in zip(settings, tqdm(systems.items(), desc="sweep")):
         rows.append(dict(setting, **evaluate.score_system(system, waves, styles, classifier,
@@ -560,14 +598,18 @@ def stage_eval(args, cfg):
     if (Path(args.ckpt_dir) / "autoencoder.pt").is_file():
         resynthesis.update(autoencoder_systems(load_autoencoder(args.ckpt_dir)[0], waves, logmel,
                                                cfg))
+    vocoders = {"Griffin-Lim": griffin_lim_vocoder(logmel, cfg)}
+    if (Path(args.ckpt_dir) / "guidediff.pt").is_file():
+        gd = load_guidediff(args.ckpt_dir)
+        resynthesis.update(guidediff_systems(gd, waves, logmel))
+        vocoders[f"GuideDiff {gd.default_steps} steps"] = guidediff_vocoder(gd, gd.default_steps)
     if (Path(args.ckpt_dir) / "ldm.pt").is_file():
         ldm, ldm_ckpt = load_ldm(args.ckpt_dir)
         settings = [best_settings(results["sweep"], m) if "sweep" in results else
                     dict(mode=m, strength=0.7, guidance=3.0, steps=args.sampler_steps)
                     for m in SWEEP["mode"]]
         transfer.update(ldm_systems(ldm, ldm_ckpt, load_autoencoder(args.ckpt_dir)[0], styles,
-                                    logmel, settings, griffin_lim_vocoder(logmel, cfg),
-                                    "Griffin-Lim"))
+                                    logmel, settings, vocoders))
     for table, systems, resynth in (("transfer", transfer, False),
                                     ("resynthesis", resynthesis, True)):
         rows = results.setdefault(table, {})
@@ -577,6 +619,10 @@ def stage_eval(args, cfg):
             if name in references:          # returning stored audio costs nothing
                 rows[name].pop("rtf")
     pieces = sorted({p for p, _ in waves})
+    train_waves = data.load_paired_split(args.data, "train", cfg.audio.sample_rate,
+                                         pieces=len(pieces))[0]
+    results["fad_floor"] = evaluate.fad_floor(waves, train_waves, styles, classifier, logmel,
+                                              cfg.audio.sample_rate)
     results["machine"] = machine_description()
     results["test_set"] = dict(pieces=len(pieces), styles=styles,
                                seconds=len(next(iter(waves.values()))) / cfg.audio.sample_rate)

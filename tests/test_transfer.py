@@ -137,8 +137,8 @@ def test_long_input_equals_its_parts_away_from_the_junction(models, song):
     assert {cut + s for s in transfer.window_starts(157 - cut, window, overlap)} <= set(starts)
 
     def run(s, n):
-        return transfer.stylize(models, s, context, steps=2, noise=n, window=window,
-                                overlap=overlap)[0, 0]              # (128, T)
+        return transfer.stylize(models, s, context, steps=2, noise=n, mode="sdedit",
+                                window=window, overlap=overlap)[0, 0]   # (128, T)
     whole, other = run(spec, noise), run(spec, other_noise)
     parts = torch.cat([run(spec[..., :4 * cut], noise[..., :cut]),
                        run(spec[..., 4 * cut:], noise[..., cut:])], -1)
