@@ -40,7 +40,20 @@ class DataConfig:
 
 
 @dataclass
-class ClassifierConfig:
+class TrainingConfig:
+    """What the shared loop (train.train_loop) reads; each trained stage's config extends
+    it and restates only the defaults it changes."""
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    warmup: int = 200
+    ema: float = 0.999
+    grad_accum: int = 1
+
+
+@dataclass
+class ClassifierConfig(TrainingConfig):
     """The style classifier that scores every system (evaluate.StyleClassifier)."""
     channels: tuple = (16, 32, 64, 128)
     emb_dim: int = 128
@@ -50,13 +63,12 @@ class ClassifierConfig:
     weight_decay: float = 0.01
     warmup: int = 100
     ema: float = 0.995
-    grad_accum: int = 1
     clip_seconds: float = 4.0
     gain_db: float = 6.0      # random gain augmentation: style is not loudness
 
 
 @dataclass
-class AutoencoderConfig:
+class AutoencoderConfig(TrainingConfig):
     """The perceptual autoencoder: log-mel (B, 1, 128, T) -> latent (B, 4, 32, T/4)."""
     channels: tuple = (32, 64, 128)   # one level per entry: factor f = 2 ** (len - 1) = 4
     latent_channels: int = 4
@@ -66,17 +78,12 @@ class AutoencoderConfig:
     adv_weight: float = 0.0           # > 0 turns on the patch discriminator ...
     disc_start: int = 2000            # ... after this many steps
     steps: int = 2200
-    batch_size: int = 16
     lr: float = 5e-4
-    weight_decay: float = 0.0
-    warmup: int = 200
-    ema: float = 0.999
-    grad_accum: int = 1
     clip_seconds: float = 2.0
 
 
 @dataclass
-class LDMConfig:
+class LDMConfig(TrainingConfig):
     """The latent diffusion U-Net with cross-attention to style tokens (unet.py)."""
     model_channels: int = 48
     channel_mult: tuple = (1, 2, 2)
@@ -95,16 +102,10 @@ class LDMConfig:
     latent_frames: int = 64           # training crops: 64 latent frames = 4.1 s
     ref_frames: int = 256             # reference clips: 256 spectrogram frames = 4.1 s
     steps: int = 1800
-    batch_size: int = 16
-    lr: float = 3e-4
-    weight_decay: float = 0.0
-    warmup: int = 200
-    ema: float = 0.999
-    grad_accum: int = 1
 
 
 @dataclass
-class GuideDiffConfig:
+class GuideDiffConfig(TrainingConfig):
     """GuideDiff, the diffusion vocoder (guidediff.py): frame-rate ConvNeXt denoiser."""
     dim: int = 256
     hidden: int = 768
@@ -117,12 +118,7 @@ class GuideDiffConfig:
     default_steps: int = 2            # 1-8 steps measure alike (RESULTS.md): the cheap end
     clip_seconds: float = 1.0
     steps: int = 6000
-    batch_size: int = 16
     lr: float = 5e-4
-    weight_decay: float = 0.0
-    warmup: int = 200
-    ema: float = 0.999
-    grad_accum: int = 1
 
 
 @dataclass

@@ -173,6 +173,16 @@ def train_loop(model, loss_fn, dataset, c, args, stage, validate=None, extra=Non
 # ---------------------------------------------------------------- stages
 
 
+def audio_splits(args, cfg, clip_seconds, val_seconds, rank):
+    """The train split as random clips (a new crop of every file each epoch) and the val
+    split as fixed consecutive clips, with the same style list."""
+    train = data.AudioFolder(args.data, "train", cfg.audio.sample_rate, clip_seconds,
+                             random_clips=True, progress=tqdm if rank == 0 else None)
+    val = data.AudioFolder(args.data, "val", cfg.audio.sample_rate, val_seconds,
+                           random_clips=False, styles=train.styles)
+    return train, val
+
+
 def stage_data(args, cfg):
     pieces = args.pieces or cfg.data.pieces
     seconds = args.seconds or cfg.data.seconds
@@ -196,10 +206,7 @@ def stage_data(args, cfg):
 def stage_classifier(args, cfg):
     c = cfg.classifier
     rank, world, device = setup_distributed(args.device)
-    train = data.AudioFolder(args.data, "train", cfg.audio.sample_rate, c.clip_seconds,
-                             random_clips=True, progress=tqdm if rank == 0 else None)
-    val = data.AudioFolder(args.data, "val", cfg.audio.sample_rate, c.clip_seconds,
-                           random_clips=False, styles=train.styles)
+    train, val = audio_splits(args, cfg, c.clip_seconds, c.clip_seconds, rank)
     logmel = LogMel(**asdict(cfg.audio)).to(device)
     torch.manual_seed(args.seed)
     model = evaluate.StyleClassifier(len(train.styles), c.channels, c.emb_dim).to(device)
@@ -239,10 +246,7 @@ class AutoencoderTraining(nn.Module):
 def stage_autoencoder(args, cfg):
     c = cfg.autoencoder
     rank, world, device = setup_distributed(args.device)
-    train = data.AudioFolder(args.data, "train", cfg.audio.sample_rate, c.clip_seconds,
-                             random_clips=True, progress=tqdm if rank == 0 else None)
-    val = data.AudioFolder(args.data, "val", cfg.audio.sample_rate, 4.0, random_clips=False,
-                           styles=train.styles)
+    train, val = audio_splits(args, cfg, c.clip_seconds, 4.0, rank)
     logmel = LogMel(**asdict(cfg.audio)).to(device)
     keep = range(0, len(val), max(1, len(val) // 64))          # 64 clips over all styles
     val_specs = torch.cat([logmel(val[i][0][None].to(device)) for i in keep])
@@ -398,10 +402,7 @@ def search_schedules(model, specs, waves, logmel, step_counts):
 def stage_guidediff(args, cfg):
     c = cfg.guidediff
     rank, world, device = setup_distributed(args.device)
-    train = data.AudioFolder(args.data, "train", cfg.audio.sample_rate, c.clip_seconds,
-                             random_clips=True, progress=tqdm if rank == 0 else None)
-    val = data.AudioFolder(args.data, "val", cfg.audio.sample_rate, 2.0, random_clips=False,
-                           styles=train.styles)
+    train, val = audio_splits(args, cfg, c.clip_seconds, 2.0, rank)
     keep = range(0, len(val), max(1, len(val) // 32))          # 32 clips over all styles
     logmel = LogMel(**asdict(cfg.audio)).to(device)
     val_waves = torch.stack([val[i][0] for i in keep]).to(device)
