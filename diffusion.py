@@ -235,7 +235,8 @@ def transfer(model, sched, x_src, context_tgt, steps, strength=0.6, mode="sdedit
         x_t, _ = sdedit(sched, x_src, strength, generator)
     elif mode == "inversion":
         x_t = ddim_invert(model, sched, x_src, context_src, steps, t_end=t_start,
-                          prediction=prediction, fixed_point_iters=invert_iters)
+                          prediction=prediction, fixed_point_iters=invert_iters,
+                          progress=progress)
     else:
         raise ValueError(f"unknown transfer mode {mode!r}: use 'sdedit' or 'inversion'")
     return ddim_sample(model, sched, x_t, context_tgt, steps, guidance=guidance,

@@ -225,7 +225,7 @@ def stylize(models, spec, context, *, source_context=None, strength=STRENGTH, mo
         z_tgt = diffusion.transfer(model, ldm.sched, z, context, steps, strength, "inversion",
                                    context_src=source_context, null_context=null,
                                    guidance=guidance, prediction=prediction,
-                                   progress=bar("denoising"))
+                                   progress=bar("inverting, then denoising"))
     else:                                    # SDEdit (Meng et al. 2022) with our noise
         if noise is None:
             noise = torch.randn(z.shape, generator=generator)
@@ -233,7 +233,7 @@ def stylize(models, spec, context, *, source_context=None, strength=STRENGTH, mo
         x_t = diffusion.q_sample(ldm.sched, z, t, noise.to(z))
         z_tgt = diffusion.ddim_sample(model, ldm.sched, x_t, context, steps, guidance=guidance,
                                       null_context=null, t_start=t_start, prediction=prediction,
-                                      progress=bar("denoising"))
+                                      progress=bar("inverting, then denoising"))
     spec_tgt = in_chunks(ae.decode, z_tgt / scale, AE_CHUNK // f, AE_MARGIN // f, f)
     return spec_tgt[..., :spec.shape[-1]]                                   # (1, 1, n_mels, T)
 
