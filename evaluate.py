@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import config
-from stft import griffin_lim, mrstft_distance, stft  # noqa: F401 (mrstft_distance: a metric)
+from stft import griffin_lim, mrstft_distance, stft
 
 
 # ---------------------------------------------------------------- the style classifier
@@ -148,7 +148,6 @@ def matmul_gflops(n=1024, dtype=torch.float32, device="cpu", repeats=10):
 
 # ---------------------------------------------------------------- scoring a system
 @torch.no_grad()
-@torch.no_grad()
 def window_embeddings(classifier, logmel, wave, window):
     """Classifier embeddings (n, D) of a wave (N,) cut into n whole windows (one if short)."""
     n = max(1, wave.shape[-1] // window)
@@ -170,6 +169,7 @@ def fad_floor(test_waves, train_waves, styles, classifier, logmel, sample_rate,
         for style in styles]))
 
 
+@torch.no_grad()
 def score_system(system, waves, styles, classifier, logmel, sample_rate, window_seconds=4.0,
                  resynthesis=False):
     """Score `system` over every test piece and every ordered pair of distinct styles.

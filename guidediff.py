@@ -81,7 +81,8 @@ class GuideDiff(nn.Module):
         self.head = nn.Linear(dim, 2 * bins)            # log|X| correction, phase
         nn.init.zeros_(self.head.weight[:bins])         # start at the prior magnitude
         nn.init.zeros_(self.head.bias)
-        self.schedules = {}
+        self.schedules = {}           # filled by the search in train.py, or from_checkpoint
+        self.default_steps, self.searched = 1, False
 
     def guide(self, spec):
         """spec (B, 1, n_mels, T) normalised log-mel -> (guide features (B, T, D), the
@@ -123,7 +124,7 @@ class GuideDiff(nn.Module):
         """Log-mel (B, 1, n_mels, T) -> waveform (B, N), N = length or hop (T - 1), in
         len(noise_levels) denoiser calls (default: the stored schedule for `steps`)."""
         if noise_levels is None:
-            steps = steps or min(self.schedules, default=1)
+            steps = steps or self.default_steps
             assert steps in self.schedules, f"no stored schedule for {steps} steps; " \
                 f"stored: {sorted(self.schedules)}"
             noise_levels = self.schedules[steps]

@@ -33,8 +33,7 @@ import diffusion
 import evaluate
 import guidediff
 import unet
-import stft as stft_lib
-from stft import LogMel, griffin_lim
+from stft import LogMel, griffin_lim, mrstft_distance
 
 
 # ---------------------------------------------------------------- the shared training loop
@@ -385,7 +384,7 @@ def score_vocoder(model, specs, waves, logmel, noise_levels, batch=8):
                                   length=w.shape[-1])
                      for s, w in zip(specs.split(batch), waves.split(batch))])
     return ((logmel(out) - specs).abs().mean().item(),
-            stft_lib.mrstft_distance(waves, out).mean().item())
+            mrstft_distance(waves, out).mean().item())
 
 
 def search_schedules(model, specs, waves, logmel, step_counts):
