@@ -178,7 +178,8 @@ def score_system(system, waves, styles, classifier, logmel, sample_rate, window_
     system(wave, source_style, target_style, piece) -> wave (N',), or (wave, seconds) when
     the system batches work over calls and reports each output's share of its compute.
     resynthesis=True scores a vocoder or round trip instead: one call per (piece, style)
-    with source = target, and no content-vs-source column.
+    with source = target, and no content-vs-source column. A system with a .pairs
+    attribute (a set of (source, target)) is scored on those pairs only (one-pair models).
     FAD-C is computed per target style (outputs for T against the ground truth in T, each
     clip cut into windows of the classifier's clip length) and averaged over styles: over
     all pairs, the identity's outputs would otherwise have exactly the targets' distribution.
@@ -188,9 +189,12 @@ def score_system(system, waves, styles, classifier, logmel, sample_rate, window_
                              "mrstft", "lsd")}
     emb_out, emb_ref = {t: [] for t in styles}, {t: [] for t in styles}
     compute, audio_seconds, window = 0.0, 0.0, int(window_seconds * sample_rate)
+    pairs = getattr(system, "pairs", None)
     for piece in pieces:
         for src in styles:
             for tgt in ([src] if resynthesis else [t for t in styles if t != src]):
+                if pairs is not None and (src, tgt) not in pairs:
+                    continue
                 t0 = time.perf_counter()
                 out = system(waves[piece, src], src, tgt, piece)
                 seconds = time.perf_counter() - t0
@@ -217,7 +221,7 @@ def score_system(system, waves, styles, classifier, logmel, sample_rate, window_
         result.pop("content_source")
     result["fad_c"] = float(np.mean([frechet_distance(np.concatenate(emb_out[t]),
                                                       np.concatenate(emb_ref[t]))
-                                     for t in styles]))
+                                     for t in styles if emb_out[t]]))
     result["rtf"] = compute / audio_seconds
     result["pairs"] = len(stats["lsd"])
     return result
@@ -272,7 +276,9 @@ def results_markdown(results):
     t = results["test_set"]
     floor = (f" FAD-C floor (the test ground truth against as many train-split pieces in "
              f"the same styles): {results['fad_floor']:.2f}." if "fad_floor" in results else "")
-    return (f"# Results\n\nMade by `{results['command']}` on {results['machine']}.\n\n"
+    reruns = "".join(f"Rows rescored by `{r['command']}` on {r['machine']}: "
+                     f"{', '.join(r['rows'])}.\n\n" for r in results.get("reruns", []))
+    return (f"# Results\n\nMade by `{results['command']}` on {results['machine']}.\n\n{reruns}"
             f"## Transfer\n\nTest split: {t['pieces']} held-out pieces x {len(t['styles'])} "
             f"styles ({', '.join(t['styles'])}), {t['seconds']:.0f} s each; every ordered "
             f"pair of distinct styles, scored against the ground-truth rendering of the piece "

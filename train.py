@@ -13,6 +13,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import time
 from dataclasses import asdict
@@ -27,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import autoencoder as ae_lib
+import baselines
 import config
 import data
 import diffusion
@@ -591,10 +593,15 @@ def stage_eval(args, cfg):
         write_results(old, out_dir)
         print(evaluate.sweep_markdown(old))
         return
-    results = {"sweep": old["sweep"]} if "sweep" in old else {}
+    # --rows rescores some rows and keeps the rest; a full run starts the tables afresh.
+    keep = ("sweep",) + (("transfer", "resynthesis", "fad_floor", "speed") if args.rows else ())
+    results = {k: old[k] for k in keep if k in old}
     transfer, resynthesis = evaluate.reference_systems(waves, logmel, cfg.audio.n_fft,
                                                        cfg.audio.hop)
     references = set(transfer)
+    base_transfer, base_resynthesis = baseline_systems(args, cfg, logmel, styles)
+    transfer.update(base_transfer)
+    resynthesis.update(base_resynthesis)
     if (Path(args.ckpt_dir) / "autoencoder.pt").is_file():
         resynthesis.update(autoencoder_systems(load_autoencoder(args.ckpt_dir)[0], waves, logmel,
                                                cfg))
@@ -610,6 +617,14 @@ def stage_eval(args, cfg):
                     for m in SWEEP["mode"]]
         transfer.update(ldm_systems(ldm, ldm_ckpt, load_autoencoder(args.ckpt_dir)[0], styles,
                                     logmel, settings, vocoders))
+    if args.rows:
+        chosen = set(base_transfer) | set(base_resynthesis) if args.rows == "baselines" else \
+            {n for n in list(transfer) + list(resynthesis) if re.search(args.rows, n)}
+        if not chosen:
+            raise ValueError(f"--rows {args.rows!r} matches no row; rows: "
+                             f"{', '.join(list(transfer) + list(resynthesis))}")
+        transfer = {k: v for k, v in transfer.items() if k in chosen}
+        resynthesis = {k: v for k, v in resynthesis.items() if k in chosen}
     for table, systems, resynth in (("transfer", transfer, False),
                                     ("resynthesis", resynthesis, True)):
         rows = results.setdefault(table, {})
@@ -619,14 +634,19 @@ def stage_eval(args, cfg):
             if name in references:          # returning stored audio costs nothing
                 rows[name].pop("rtf")
     pieces = sorted({p for p, _ in waves})
-    train_waves = data.load_paired_split(args.data, "train", cfg.audio.sample_rate,
-                                         pieces=len(pieces))[0]
-    results["fad_floor"] = evaluate.fad_floor(waves, train_waves, styles, classifier, logmel,
-                                              cfg.audio.sample_rate)
-    results["machine"] = machine_description()
+    if "fad_floor" not in results:
+        train_waves = data.load_paired_split(args.data, "train", cfg.audio.sample_rate,
+                                             pieces=len(pieces))[0]
+        results["fad_floor"] = evaluate.fad_floor(waves, train_waves, styles, classifier,
+                                                  logmel, cfg.audio.sample_rate)
     results["test_set"] = dict(pieces=len(pieces), styles=styles,
                                seconds=len(next(iter(waves.values()))) / cfg.audio.sample_rate)
-    results["command"] = command
+    if args.rows and "command" in old:      # the tables' command stays; this one is added
+        results.update(command=old["command"], machine=old["machine"], reruns=old.get(
+            "reruns", []) + [dict(command=command, machine=machine_description(),
+                                  rows=sorted(transfer) + sorted(resynthesis))])
+    else:
+        results.update(command=command, machine=machine_description())
     write_results(results, out_dir)
     print(evaluate.results_markdown(results))
 
@@ -641,7 +661,25 @@ def write_results(results, out_dir):
         os.replace(tmp, out_dir / name)
 
 
-STAGES = {"data": stage_data, "classifier": stage_classifier, "autoencoder": stage_autoencoder,
+def stage_baselines(args, cfg):
+    """Train the paper's baselines (baselines/), or just --baseline NAME."""
+    kit = argparse.Namespace(train_loop=train_loop, audio_splits=audio_splits,
+                             setup_distributed=setup_distributed)
+    for name in [args.baseline] if args.baseline else baselines.NAMES:
+        baselines.module(name).train(args, cfg, kit)
+
+
+def baseline_systems(args, cfg, logmel, styles):
+    """({row: system} for transfer, {row: system} for resynthesis) of the trained baselines."""
+    transfer, resynthesis = {}, {}
+    for name in baselines.NAMES:
+        m = baselines.module(name)
+        (transfer if m.KIND == "transfer" else resynthesis).update(
+            m.systems(args.ckpt_dir, cfg, logmel, styles))
+    return transfer, resynthesis
+
+
+STAGES = {"baselines": stage_baselines, "data": stage_data, "classifier": stage_classifier, "autoencoder": stage_autoencoder,
           "ldm": stage_ldm, "guidediff": stage_guidediff, "eval": stage_eval}
 
 
@@ -662,6 +700,11 @@ def parse_args(argv=None):
     p.add_argument("--sweep", action="store_true",
                    help="eval: the LDM strength x guidance sweep (default 2 pieces, 4 s)")
     p.add_argument("--sampler-steps", type=int, default=10, help="eval: LDM denoising steps")
+    p.add_argument("--rows", default=None, metavar="REGEX",
+                   help="eval: score only the rows whose name matches (e.g. 'WaveNet|CycleGAN'"
+                        " or 'baselines' for all of them); the other rows of results.json stay")
+    p.add_argument("--baseline", default=None, choices=baselines.NAMES,
+                   help="baselines: train only this one")
     p.add_argument("--resume", action="store_true", help="continue from CKPT_DIR/STAGE.train.pt")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPU and CUDA)")
     p.add_argument("--val-every", type=int, default=200, help="validation interval (steps)")
