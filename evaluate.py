@@ -146,6 +146,17 @@ def matmul_gflops(n=1024, dtype=torch.float32, device="cpu", repeats=10):
     return 2 * n ** 3 / seconds / 1e9
 
 
+def flop_counter():
+    """torch's FlopCounterMode (it counts matmuls and convolutions, the work that matters
+    here), taught the CPU's fused attention kernel, which it does not know."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def sdpa(query, key, value, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(query, key, value)
+    return FlopCounterMode(display=False, custom_mapping={
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: sdpa})
+
+
 # ---------------------------------------------------------------- scoring a system
 @torch.no_grad()
 def window_embeddings(classifier, logmel, wave, window):
@@ -272,7 +283,7 @@ def reference_systems(waves, logmel, n_fft, hop):
 def results_markdown(results):
     """RESULTS.md from results.json: the machine, the command, the tables, the legend."""
     if "test_set" not in results:           # only a sweep has been run
-        return f"# Results\n\n{sweep_markdown(results)}{METRICS_NOTE}\n"
+        return f"# Results\n\n{speed_markdown(results)}{sweep_markdown(results)}{METRICS_NOTE}\n"
     t = results["test_set"]
     floor = (f" FAD-C floor (the test ground truth against as many train-split pieces in "
              f"the same styles): {results['fad_floor']:.2f}." if "fad_floor" in results else "")
@@ -285,7 +296,8 @@ def results_markdown(results):
             f"in the target style.{floor}\n\n{results_table(results['transfer'])}\n\n"
             f"## Resynthesis (vocoders and round trips)\n\nEach test piece in each style, "
             f"resynthesised from its own ground truth and scored against it.\n\n"
-            f"{results_table(results['resynthesis'])}\n\n{sweep_markdown(results)}"
+            f"{results_table(results['resynthesis'])}\n\n{speed_markdown(results)}"
+            f"{sweep_markdown(results)}"
             f"{METRICS_NOTE}\n")
 
 
@@ -301,6 +313,32 @@ def sweep_markdown(results):
             f"{sw['rows'][0]['steps']} denoising steps, decoded through Griffin-Lim. The "
             f"identity row on the same clips: chroma vs target "
             f"{sw['identity']['content_target']:.3f}.\n\n{results_table(rows)}\n\n")
+
+
+def speed_markdown(results):
+    """The speed table (train.py --stage eval --speed), if one was run."""
+    if "speed" not in results:
+        return ""
+    sp = results["speed"]
+    names = list(sp["rows"])
+    lines = ["| stage | GFLOP | " + " | ".join(f"RTF {n}" for n in names) + " |",
+             "|---|---:|" + "---:|" * len(names)]
+    for stage in sp["rows"][names[0]]["rtf"]:
+        cells = [f"{sp['rows'][n]['rtf'][stage]:.4f}" for n in names]
+        lines.append(f"| {stage} | {sp['flops'].get(stage, 0):.1f} | " + " | ".join(cells) + " |")
+    lines.append("| first call, seconds (warm-up; compilation) | | " + " | ".join(
+        f"{sp['rows'][n]['first_call']:.1f}" for n in names) + " |")
+    lines.append("| achieved GFLOP/s, end to end (share of matmul) | | " + " | ".join(
+        f"{r['gflops']:.0f} ({100 * r['gflops'] / r['ceiling']:.0f}%)"
+        for r in (sp["rows"][n] for n in names)) + " |")
+    return (f"## Speed\n\nMade by `{sp['command']}` on {sp['machine']}. The default transfer "
+            f"(`transfer.transfer`, as `python transfer.py` runs it) of the first "
+            f"{sp['seconds']:.0f} s of a test piece, {sp['source']} to {sp['target']}; "
+            f"real-time factor (compute seconds per second of audio) of each stage, median "
+            f"of the runs after a first one. GFLOP: matmuls, convolutions and attention "
+            f"counted by torch's FlopCounterMode. Matmul ceiling: "
+            f"{sp['ceiling']['fp32']:.0f} GFLOP/s fp32, {sp['ceiling']['bf16']:.0f} bf16."
+            f"\n\n" + "\n".join(lines) + "\n\n")
 
 
 METRICS_NOTE = """- *style acc.*: the style classifier (`evaluate.StyleClassifier`, trained on the

@@ -120,6 +120,8 @@ def train_loop(model, loss_fn, dataset, c, args, stage, validate=None, extra=Non
     assert batch_size > 0, "batch size must be at least world size x grad_accum"
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     net = DDP(model) if world > 1 else model
+    if getattr(args, "compile", False):             # inductor kernels for forward + backward
+        net = torch.compile(net)
     opt = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
     ckpt_dir = Path(args.ckpt_dir)
     state_path, step = ckpt_dir / f"{stage}.train.pt", 0
@@ -587,6 +589,11 @@ def stage_eval(args, cfg):
     results_path = out_dir / "results.json"
     old = json.loads(results_path.read_text()) if results_path.is_file() else {}
     command = "python " + " ".join(sys.argv)
+    if args.speed:                          # only the speed table is redone
+        old["speed"] = dict(speed_table(args, cfg, waves, styles), command=command)
+        write_results(old, out_dir)
+        print(evaluate.speed_markdown(old))
+        return
     if args.sweep:                          # only the sweep is redone; the tables stay
         old["sweep"] = dict(sweep_ldm(args, waves, styles, classifier, logmel, cfg),
                             command=command)
@@ -651,6 +658,60 @@ def stage_eval(args, cfg):
     print(evaluate.results_markdown(results))
 
 
+SPEED_SECONDS = 10.0        # the clip the speed table times (a test piece's first 10 s)
+SPEED_REPEATS = 3
+
+
+def speed_table(args, cfg, waves, styles):
+    """Real-time factor of transfer.transfer, per stage and end to end, on SPEED_SECONDS of
+    a test piece at the default settings: eager vs torch.compile, fp32 vs bf16 autocast,
+    each the median of SPEED_REPEATS runs after a first (warm-up, compiling) run. The FLOPs
+    of each stage (matmuls, convolutions, attention) are counted once; achieved FLOP/s is
+    set against this machine's matmul throughput, measured in the same run.
+
+    transfer.py is an entry point, imported here only for its public transfer() function:
+    the table times exactly what a user runs."""
+    import transfer as transfer_lib
+    piece = sorted({p for p, _ in waves})[0]
+    source, target = styles[0], styles[-1]
+    sr = cfg.audio.sample_rate
+    wave = waves[piece, source][:int(SPEED_SECONDS * sr)].numpy()
+
+    def run(models, stopwatch=transfer_lib.no_stopwatch):
+        transfer_lib.transfer(wave, sr, target, models=models, progress=False,
+                              stopwatch=stopwatch)
+
+    models = transfer_lib.load_models(args.ckpt_dir, device=args.device, bf16=False)
+    with evaluate.flop_counter() as counter:
+        watch = transfer_lib.Stopwatch(args.device, counter)
+        run(models, watch)
+    flops = dict(watch.flops, **{"end to end": counter.get_total_flops()})
+    ceiling = {"fp32": evaluate.matmul_gflops(device=args.device),
+               "bf16": evaluate.matmul_gflops(dtype=torch.bfloat16, device=args.device)}
+    rows = {}
+    for compiled in (False, True):
+        for precision in ("fp32", "bf16"):
+            name = f"{'compiled' if compiled else 'eager'}, {precision}"
+            models = transfer_lib.load_models(args.ckpt_dir, device=args.device,
+                                              compile=compiled, bf16=precision == "bf16")
+            t0 = time.perf_counter()
+            run(models)
+            first = time.perf_counter() - t0
+            times = []
+            for _ in tqdm(range(SPEED_REPEATS), desc=f"speed: {name}", leave=False):
+                watch = transfer_lib.Stopwatch(args.device)
+                t0 = time.perf_counter()
+                run(models, watch)
+                times.append(dict(watch.seconds, **{"end to end": time.perf_counter() - t0}))
+            rtf = {k: float(np.median([t[k] for t in times])) / SPEED_SECONDS for k in times[0]}
+            rows[name] = dict(rtf=rtf, first_call=first, gflops=flops["end to end"] / 1e9 / (
+                rtf["end to end"] * SPEED_SECONDS), ceiling=ceiling[precision])
+            print(f"{name}: end-to-end RTF {rtf['end to end']:.3f}, first call {first:.1f} s")
+    return dict(seconds=SPEED_SECONDS, source=source, target=target,
+                flops={k: v / 1e9 for k, v in flops.items()}, rows=rows, ceiling=ceiling,
+                machine=machine_description(), device=args.device)
+
+
 def write_results(results, out_dir):
     """results.json and RESULTS.md, each written to a temporary file and renamed."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -700,6 +761,10 @@ def parse_args(argv=None):
     p.add_argument("--sweep", action="store_true",
                    help="eval: the LDM strength x guidance sweep (default 2 pieces, 4 s)")
     p.add_argument("--sampler-steps", type=int, default=10, help="eval: LDM denoising steps")
+    p.add_argument("--speed", action="store_true",
+                   help="eval: only the speed table (eager/compiled x fp32/bf16, per stage)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model being trained")
     p.add_argument("--rows", default=None, metavar="REGEX",
                    help="eval: score only the rows whose name matches (e.g. 'WaveNet|CycleGAN'"
                         " or 'baselines' for all of them); the other rows of results.json stay")

@@ -15,7 +15,9 @@ overlap and there is no seam.
     z -> windows (n, 4, 32, W) -> predictions averaged -> z_tgt -> spec_tgt -> wave (N,) -> sr
 """
 import argparse
+import contextlib
 import math
+import time
 import os
 import struct
 import sys
@@ -46,7 +48,7 @@ GUIDANCE = 3.0          # classifier-free guidance weight w (1 = no guidance)
 SEED = 0
 GRIFFIN_LIM_ITERS = 64
 WINDOW = 64             # latent frames per window (4.1 s): the ldm's training crop
-OVERLAP = 16            # latent frames shared by neighbouring windows (at least)
+OVERLAP = 8             # latent frames shared by neighbouring windows (at least)
 WINDOW_BATCH = 16       # windows per U-Net call: memory stays flat on long songs
 AE_CHUNK = 2048         # log-mel frames per autoencoder call (33 s), ...
 AE_MARGIN = 64          # ... each with this much context either side, dropped afterwards
@@ -68,6 +70,8 @@ class Models:
     vocoder: object = None          # a GuideDiff; None means Griffin-Lim
     noise_levels: list = None       # GuideDiff's few-step schedule
     note: str = ""                  # which vocoder, and why
+    bf16: bool = True               # bfloat16 autocast for the U-Net and GuideDiff
+    compiled: bool = False          # torch.compile'd by compile_models
 
     @property
     def device(self):
@@ -87,9 +91,11 @@ def _load(ckpt_dir, stage, build):
                          f"with `python train.py --stage {stage}`") from None
 
 
-def load_models(ckpt_dir=CKPT_DIR, vocoder=None, device="cpu", compile=False):
+def load_models(ckpt_dir=CKPT_DIR, vocoder=None, device="cpu", compile=False, bf16=True):
     """Load and check the autoencoder, the ldm and the vocoder. vocoder None: GuideDiff if a
-    finished guidediff.pt exists, else Griffin-Lim; Models.note says which and why."""
+    finished guidediff.pt exists, else Griffin-Lim; Models.note says which and why.
+    compile: torch.compile the networks (see compile_models); bf16: bfloat16 autocast for
+    the U-Net and GuideDiff (fp32 for the autoencoder, whose log-mel feeds everything)."""
     ldm, ldm_ckpt = _load(ckpt_dir, "ldm", unet.from_checkpoint)
     autoencoder, ae_ckpt = _load(ckpt_dir, "autoencoder", ae_lib.from_checkpoint)
     cfg = config.config_from_dict(ldm_ckpt["config"])
@@ -98,7 +104,7 @@ def load_models(ckpt_dir=CKPT_DIR, vocoder=None, device="cpu", compile=False):
         raise ValueError("the ldm checkpoint was trained on another autoencoder; retrain it "
                          "with `python train.py --stage ldm`")
     models = Models(cfg, list(ldm_ckpt["styles"]), LogMel(**asdict(cfg.audio)), autoencoder,
-                    ldm, float(ldm_ckpt["latent_scale"]))
+                    ldm, float(ldm_ckpt["latent_scale"]), bf16=bf16)
     gd_path = Path(ckpt_dir) / "guidediff.pt"
     models.note = f"vocoder: Griffin-Lim (no {gd_path}: `python train.py --stage guidediff`)"
     if vocoder == "guidediff" or vocoder is None and gd_path.is_file():
@@ -116,11 +122,27 @@ def load_models(ckpt_dir=CKPT_DIR, vocoder=None, device="cpu", compile=False):
             models.noise_levels = gd.schedules[gd.default_steps]
     for module in (models.logmel, autoencoder, ldm, models.vocoder):
         if module is not None:
-            module.to(device).eval()
+            module.to(device).eval().requires_grad_(False)
     if compile:
-        ldm.unet = torch.compile(ldm.unet)
-        autoencoder.decoder = torch.compile(autoencoder.decoder)
+        compile_models(models)
     return models
+
+
+def compile_models(models):
+    """torch.compile (inductor: C++/OpenMP kernels on a CPU, Triton on CUDA) of the U-Net,
+    the autoencoder's encoder and decoder and GuideDiff's guide encoder and denoiser, which
+    fuses GroupNorm + SiLU, the FiLM arithmetic and the attention's surroundings. Windows
+    have one shape (WINDOW_BATCH x WINDOW frames; the last batch is padded), so the U-Net
+    compiles once; the autoencoder and GuideDiff see each song's length and are marked
+    dynamic. The first call pays for compilation (see RESULTS.md, speed table)."""
+    models.ldm.unet = torch.compile(models.ldm.unet, dynamic=False)
+    ae = models.autoencoder
+    ae.encoder, ae.decoder = (torch.compile(m, dynamic=True) for m in (ae.encoder, ae.decoder))
+    if models.vocoder is not None:
+        gd = models.vocoder
+        gd.guide, gd.denoise = torch.compile(gd.guide, dynamic=True), \
+            torch.compile(gd.denoise, dynamic=True)
+    models.compiled = True
 
 
 # ---------------------------------------------------------------- windows and chunks
@@ -140,11 +162,12 @@ def window_weights(window, overlap):
 
 
 def windowed(unet_model, length, window=WINDOW, overlap=OVERLAP, batch=WINDOW_BATCH,
-             bf16=True):
+             bf16=True, fixed_shape=False):
     """A model(x_t, t, context) over whole songs (B, C, F, length) built from a U-Net that
     sees windows: every window of every item in one batch (in chunks of `batch`), the
     predictions blended by window_weights. The DDIM step is affine in the prediction for a
-    shared x_t, so blending predictions is MultiDiffusion's blending of the next latents."""
+    shared x_t, so blending predictions is MultiDiffusion's blending of the next latents.
+    fixed_shape: pad the last chunk to `batch` windows (one shape for a compiled U-Net)."""
     starts = window_starts(length, window, overlap)
     w = min(window, length)
     weights = window_weights(w, overlap)                                    # (w,)
@@ -156,9 +179,13 @@ def windowed(unet_model, length, window=WINDOW, overlap=OVERLAP, batch=WINDOW_BA
         B, n = x_t.shape[0], len(starts)
         crops = torch.stack([x_t[..., s:s + w] for s in starts], 1).flatten(0, 1)  # (B n, C, F, w)
         t, context = t.repeat_interleave(n), context.repeat_interleave(n, 0)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        if fixed_shape and len(crops) % batch:              # repeat the last window
+            pad = batch - len(crops) % batch
+            crops, t, context = (torch.cat([a, a[-1:].expand(pad, *a.shape[1:])])
+                                 for a in (crops, t, context))
+        with torch.autocast(x_t.device.type, dtype=torch.bfloat16, enabled=bf16):
             pred = torch.cat([unet_model(crops[i:i + batch], t[i:i + batch], context[i:i + batch])
-                              .float() for i in range(0, B * n, batch)])
+                              .float() for i in range(0, len(crops), batch)])[:B * n]
         pred = pred.view(B, n, *crops.shape[1:]) * weights.to(pred)        # (B, n, C, F, w)
         blended = torch.zeros_like(x_t)
         for k, s in enumerate(starts):
@@ -184,6 +211,33 @@ def in_chunks(fn, x, chunk, margin, scale=1.0):
 
 
 # ---------------------------------------------------------------- the transfer
+class Stopwatch:
+    """Compute seconds per pipeline stage (and FLOPs, given a running
+    torch.utils.flop_counter.FlopCounterMode), for the speed table in train.py:
+    `with stopwatch("decoder"): ...` adds to .seconds["decoder"] and .flops["decoder"]."""
+
+    def __init__(self, device="cpu", flop_counter=None):
+        self.seconds, self.flops, self.counter = {}, {}, flop_counter
+        self.cuda = torch.device(device).type == "cuda"
+
+    @contextlib.contextmanager
+    def __call__(self, stage):
+        flops = self.counter.get_total_flops() if self.counter else 0
+        if self.cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        yield
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
+        if self.counter:
+            self.flops[stage] = self.flops.get(stage, 0) + self.counter.get_total_flops() - flops
+
+
+def no_stopwatch(stage):
+    return contextlib.nullcontext()
+
+
 @torch.no_grad()
 def reference_tokens(style_encoder, spec, ref_frames, crops=REF_CROPS):
     """Style tokens (1, M, D) of a log-mel (1, 1, n_mels, T) of any length: the mean over up
@@ -201,7 +255,7 @@ def reference_tokens(style_encoder, spec, ref_frames, crops=REF_CROPS):
 @torch.no_grad()
 def stylize(models, spec, context, *, source_context=None, strength=STRENGTH, mode=MODE,
             steps=STEPS, guidance=GUIDANCE, generator=None, noise=None, window=WINDOW,
-            overlap=OVERLAP, progress=False):
+            overlap=OVERLAP, progress=False, stopwatch=no_stopwatch):
     """Normalised log-mel (1, 1, n_mels, T) -> the same music under the style tokens
     `context` (1, M, D), as a log-mel (1, 1, n_mels, T) before the vocoder.
 
@@ -211,8 +265,10 @@ def stylize(models, spec, context, *, source_context=None, strength=STRENGTH, mo
     assert mode in ("sdedit", "inversion"), mode
     ldm, ae, scale = models.ldm, models.autoencoder, models.latent_scale
     f = ae.factor
-    z = in_chunks(lambda s: ae.encode(s).mode(), spec, AE_CHUNK, AE_MARGIN, 1 / f) * scale
-    model = windowed(ldm.unet, z.shape[-1], window, overlap, bf16=z.device.type == "cpu")
+    with stopwatch("encoder"):
+        z = in_chunks(lambda s: ae.encode(s).mode(), spec, AE_CHUNK, AE_MARGIN, 1 / f) * scale
+    model = windowed(ldm.unet, z.shape[-1], window, overlap, bf16=models.bf16,
+                     fixed_shape=models.compiled)
     null, prediction = ldm.style.null_context(1), ldm.c.prediction
     t_start = int(round(strength * (ldm.sched.T - 1)))
     windows = len(window_starts(z.shape[-1], window, overlap))
@@ -221,20 +277,24 @@ def stylize(models, spec, context, *, source_context=None, strength=STRENGTH, mo
         return (lambda loop: tqdm(loop, desc=f"{desc} (windows: {windows})", unit="step",
                                   leave=False)) if progress else None
 
-    if mode == "inversion":                  # deterministic: diffusion.transfer as it is
-        z_tgt = diffusion.transfer(model, ldm.sched, z, context, steps, strength, "inversion",
-                                   context_src=source_context, null_context=null,
-                                   guidance=guidance, prediction=prediction,
-                                   progress=bar("inverting, then denoising"))
-    else:                                    # SDEdit (Meng et al. 2022) with our noise
-        if noise is None:
-            noise = torch.randn(z.shape, generator=generator)
-        t = torch.full((1,), t_start, device=z.device, dtype=torch.long)
-        x_t = diffusion.q_sample(ldm.sched, z, t, noise.to(z))
-        z_tgt = diffusion.ddim_sample(model, ldm.sched, x_t, context, steps, guidance=guidance,
-                                      null_context=null, t_start=t_start, prediction=prediction,
-                                      progress=bar("inverting, then denoising"))
-    spec_tgt = in_chunks(ae.decode, z_tgt / scale, AE_CHUNK // f, AE_MARGIN // f, f)
+    with stopwatch("U-Net sampling"):
+        if mode == "inversion":              # deterministic: diffusion.transfer as it is
+            z_tgt = diffusion.transfer(model, ldm.sched, z, context, steps, strength,
+                                       "inversion", context_src=source_context,
+                                       null_context=null, guidance=guidance,
+                                       prediction=prediction,
+                                       progress=bar("inverting, then denoising"))
+        else:                                # SDEdit (Meng et al. 2022) with our noise
+            if noise is None:
+                noise = torch.randn(z.shape, generator=generator)
+            t = torch.full((1,), t_start, device=z.device, dtype=torch.long)
+            x_t = diffusion.q_sample(ldm.sched, z, t, noise.to(z))
+            z_tgt = diffusion.ddim_sample(model, ldm.sched, x_t, context, steps,
+                                          guidance=guidance, null_context=null,
+                                          t_start=t_start, prediction=prediction,
+                                          progress=bar("denoising"))
+    with stopwatch("decoder"):
+        spec_tgt = in_chunks(ae.decode, z_tgt / scale, AE_CHUNK // f, AE_MARGIN // f, f)
     return spec_tgt[..., :spec.shape[-1]]                                   # (1, 1, n_mels, T)
 
 
@@ -243,8 +303,9 @@ def vocode(models, spec, length, seed=SEED):
     """Log-mel (1, 1, n_mels, T) -> wave (1, length) with GuideDiff, or Griffin-Lim."""
     if models.vocoder is not None:
         generator = torch.Generator().manual_seed(seed)
-        return models.vocoder.vocode(spec, noise_levels=models.noise_levels,
-                                     generator=generator, length=length)
+        with torch.autocast(spec.device.type, dtype=torch.bfloat16, enabled=models.bf16):
+            return models.vocoder.vocode(spec, noise_levels=models.noise_levels,
+                                         generator=generator, length=length).float()
     a = models.cfg.audio
     generator = torch.Generator(spec.device).manual_seed(seed)
     return griffin_lim(models.logmel.mel_to_magnitude(spec), a.n_fft, a.hop,
@@ -291,40 +352,44 @@ def log_mel(models, wave, sr):
 
 def transfer(wave, sr, style=None, *, ref=None, strength=STRENGTH, mode=MODE, steps=STEPS,
              guidance=GUIDANCE, vocoder=None, seed=SEED, device="cpu", ckpt_dir=CKPT_DIR,
-             progress=True, models=None):
+             progress=True, models=None, stopwatch=no_stopwatch):
     """The same music in another style: wave (N,) or (N, channels) at sr -> (mono float32
     (N,), sr). The target is a style name (see Models.styles) or ref = (wave, sr), a clip to
     take the style from. vocoder: "guidediff", "griffinlim" or None (GuideDiff if a
     finished checkpoint exists). models: from load_models, to load once for many calls
-    (it then fixes ckpt_dir, vocoder and device)."""
+    (it then fixes ckpt_dir, vocoder and device). stopwatch: a Stopwatch, to time the stages."""
     models = models or load_models(ckpt_dir, vocoder, device)
     mono = to_mono(wave)
     check_request(models, style, ref, strength, mode, steps, guidance)
     if is_silent(mono):
         return np.zeros_like(mono), sr
     a, dev = models.cfg.audio, models.device
-    x = data.resample(mono, sr, a.sample_rate)
-    n = len(x)
-    T = 1 + n // a.hop                       # frames of the unpadded song
-    # Shorter than one window: pad with silence, so the U-Net sees the size it knows.
-    x = np.pad(x, (0, max(0, (WINDOW * models.autoencoder.factor - 1) * a.hop - n)))
-    spec = log_mel(models, x, a.sample_rate)                                # (1, 1, n_mels, T')
-    if ref is not None:
-        context = reference_tokens(models.ldm.style, log_mel(models, to_mono(ref[0]), ref[1]),
-                                   models.cfg.ldm.ref_frames)
-    else:
-        label = torch.tensor([models.styles.index(style)], device=dev)
-        context = models.ldm.style.from_labels(label)                       # (1, M, D)
-    # A user's song has no source label: its own tokens name its style (the ldm is trained
-    # so that reference tokens match label tokens).
-    source = reference_tokens(models.ldm.style, spec[..., :T], models.cfg.ldm.ref_frames) \
-        if mode == "inversion" else None
+    with stopwatch("log-mel and style tokens"):
+        x = data.resample(mono, sr, a.sample_rate)
+        n = len(x)
+        T = 1 + n // a.hop                   # frames of the unpadded song
+        # Shorter than one window: pad with silence, so the U-Net sees the size it knows.
+        x = np.pad(x, (0, max(0, (WINDOW * models.autoencoder.factor - 1) * a.hop - n)))
+        spec = log_mel(models, x, a.sample_rate)                            # (1, 1, n_mels, T')
+        if ref is not None:
+            context = reference_tokens(models.ldm.style,
+                                       log_mel(models, to_mono(ref[0]), ref[1]),
+                                       models.cfg.ldm.ref_frames)
+        else:
+            label = torch.tensor([models.styles.index(style)], device=dev)
+            context = models.ldm.style.from_labels(label)                   # (1, M, D)
+        # A user's song has no source label: its own tokens name its style (the ldm is
+        # trained so that reference tokens match label tokens).
+        source = reference_tokens(models.ldm.style, spec[..., :T], models.cfg.ldm.ref_frames) \
+            if mode == "inversion" else None
     generator = torch.Generator().manual_seed(seed)
     spec_tgt = stylize(models, spec, context, source_context=source, strength=strength,
                        mode=mode, steps=steps, guidance=guidance, generator=generator,
-                       progress=progress)
-    out = vocode(models, spec_tgt[..., :T], n, seed)[0].float().cpu().numpy()
-    out = data.resample(out, a.sample_rate, sr)[:len(mono)]
+                       progress=progress, stopwatch=stopwatch)
+    with stopwatch("vocoder"):
+        out = vocode(models, spec_tgt[..., :T], n, seed)[0].float().cpu().numpy()
+    with stopwatch("log-mel and style tokens"):   # the way back to the input's rate
+        out = data.resample(out, a.sample_rate, sr)[:len(mono)]
     return np.pad(out, (0, len(mono) - len(out))).astype(np.float32), sr
 
 
@@ -439,7 +504,12 @@ def build_parser():
                         "else griffinlim")
     p.add_argument("--seed", type=int, default=SEED, help="default %(default)s")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--compile", action="store_true", help="torch.compile the U-Net and decoder")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the networks: faster per call, but the first call "
+                        "compiles for a while (worth it for long songs or many calls)")
+    p.add_argument("--fp32", action="store_true",
+                   help="float32 everywhere (default: bfloat16 autocast for the U-Net and "
+                        "GuideDiff)")
     p.add_argument("--plot", metavar="PNG", help="also write the source and output log-mels")
     p.add_argument("--list-styles", action="store_true", help="print the style names and exit")
     p.add_argument("--ckpt-dir", default=str(CKPT_DIR), help="default: checkpoints/ beside "
@@ -460,7 +530,8 @@ def run(args):
     out, fmt = output_path(args)
     if args.plot and not Path(args.plot).resolve().parent.is_dir():
         raise ValueError(f"the folder of --plot {args.plot} does not exist; create it")
-    models = load_models(args.ckpt_dir, args.vocoder, args.device, args.compile)
+    models = load_models(args.ckpt_dir, args.vocoder, args.device, args.compile,
+                         bf16=not args.fp32)
     check_request(models, args.style, ref, args.strength, args.mode, args.steps, args.guidance)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:                                     # the temporary file proves the folder writable

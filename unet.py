@@ -124,7 +124,7 @@ class UNet(nn.Module):
         pad_f, pad_t = (-F_) % self.factor, (-T_) % self.factor
         if pad_f or pad_t:                   # any latent size: pad, then crop back at the end
             x = F.pad(x, (0, pad_t, 0, pad_f), mode="replicate")
-        emb = self.time_embed(timestep_embedding(t, self.model_channels))   # (B, 4 C)
+        emb = self.time_embed(timestep_embedding(t, self.model_channels).to(x.dtype))  # (B, 4 C)
         h = self.input_conv(x)                                              # (B, C, F, T)
         hs = [h]
         for layers in self.down:
