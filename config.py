@@ -116,9 +116,102 @@ class GuideDiffConfig(TrainingConfig):
     mel_weight: float = 1.0           # log-mel L1 beside the multi-resolution STFT loss
     search_steps: tuple = (1, 2, 4, 8)   # step counts whose schedule is searched on val
     default_steps: int = 2            # 1-8 steps measure alike (RESULTS.md): the cheap end
+    projections: int = 8              # mel-consistency projections after the last step
     clip_seconds: float = 1.0
     steps: int = 6000
     lr: float = 5e-4
+
+
+@dataclass
+class CycleGANConfig(TrainingConfig):
+    """CycleGAN baseline (baselines/cyclegan.py): one style pair, two residual generators,
+    two PatchGAN discriminators. Its own GAN loop reads steps, batch_size, lr, weight_decay,
+    warmup and ema (grad_accum must stay 1)."""
+    pair: tuple = ("piano", "rock")
+    channels: int = 16            # generator widths c, 2c, 4c; the residual blocks run at 4c
+    res_blocks: int = 4
+    disc_channels: tuple = (16, 32, 64)
+    cycle_weight: float = 10.0    # Zhu et al.'s lambda
+    identity_weight: float = 1.0  # theirs is 5 (Sec. 5.2); 5 pins G to the identity here
+    clip_seconds: float = 1.0
+    steps: int = 1000
+    batch_size: int = 4
+    lr: float = 2e-4
+    warmup: int = 0
+    ema: float = 0.99
+
+
+@dataclass
+class UNITConfig(TrainingConfig):
+    """UNIT baseline (baselines/unit.py): shared-latent VAE-GAN for one style pair; loss
+    weights from the UNIT authors' configs."""
+    pair: tuple = ("piano", "rock")
+    channels: int = 16            # widths c, 2c, 4c; the latent has 4c channels at F/4 x T/4
+    res_blocks: int = 2           # per encoder and decoder, one of them shared by the pair
+    disc_channels: tuple = (16, 32, 64)
+    gan_weight: float = 1.0
+    recon_weight: float = 10.0
+    kl_weight: float = 0.01
+    cycle_weight: float = 10.0
+    cycle_kl_weight: float = 0.01
+    clip_seconds: float = 1.0
+    steps: int = 1000
+    batch_size: int = 4
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    warmup: int = 0
+    ema: float = 0.99
+
+
+@dataclass
+class MusicVAEConfig(TrainingConfig):
+    """MusicVAE-style baseline (baselines/musicvae.py): a conditional VAE over log-mel frames
+    with a style code; transfer swaps the code."""
+    hidden: int = 160
+    latent_channels: int = 16     # per latent frame, one every 4 spectrogram frames
+    style_dim: int = 32
+    kl_weight: float = 1.0        # on the KL in nats per spectrogram value
+    clip_seconds: float = 4.0
+    steps: int = 2000
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup: int = 100
+    ema: float = 0.995
+
+
+@dataclass
+class WaveNetConfig(TrainingConfig):
+    """WaveNet baseline vocoder (baselines/wavenet.py): gated dilated causal layers,
+    8-bit mu-law softmax, conditioned on the log-mel; teacher-forced on short windows."""
+    channels: int = 32            # residual channels
+    skip_channels: int = 64
+    cond_dim: int = 64
+    cycles: int = 2               # dilations 1 .. 2 ** (layers_per_cycle - 1), repeated
+    layers_per_cycle: int = 8     # receptive field 1 + 2 x 255 = 511 samples (32 ms)
+    clip_seconds: float = 1.0     # the clip whose log-mel conditions ...
+    window_seconds: float = 0.25  # ... the window trained on inside it
+    steps: int = 800              # about 13 minutes on one CPU thread
+    batch_size: int = 8
+    lr: float = 1e-3
+    warmup: int = 50
+    ema: float = 0.995
+
+
+@dataclass
+class WaveRNNConfig(TrainingConfig):
+    """WaveRNN baseline vocoder (baselines/wavernn.py): one GRU over samples, 8-bit mu-law
+    softmax (no coarse/fine split), conditioned on the log-mel."""
+    hidden: int = 256
+    embed_dim: int = 64           # previous sample's class
+    cond_dim: int = 64
+    fc_dim: int = 256
+    clip_seconds: float = 1.0
+    window_seconds: float = 0.0625   # 1000 samples: a GRU step per sample is the cost
+    steps: int = 550              # about 13 minutes on one CPU thread
+    batch_size: int = 16
+    lr: float = 2e-3
+    warmup: int = 50
+    ema: float = 0.995
 
 
 @dataclass
@@ -129,6 +222,11 @@ class Config:
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     ldm: LDMConfig = field(default_factory=LDMConfig)
     guidediff: GuideDiffConfig = field(default_factory=GuideDiffConfig)
+    cyclegan: CycleGANConfig = field(default_factory=CycleGANConfig)
+    unit: UNITConfig = field(default_factory=UNITConfig)
+    musicvae: MusicVAEConfig = field(default_factory=MusicVAEConfig)
+    wavenet: WaveNetConfig = field(default_factory=WaveNetConfig)
+    wavernn: WaveRNNConfig = field(default_factory=WaveRNNConfig)
 
 
 def paper_config():
@@ -144,7 +242,13 @@ def paper_config():
                       context_dim=512, heads=8, dim_head=64, latent_frames=128, ref_frames=512,
                       steps=200_000, batch_size=64, lr=1e-4),
         guidediff=GuideDiffConfig(dim=512, hidden=1536, layers=8, clip_seconds=2.0,
-                                  steps=500_000, batch_size=32, lr=2e-4))
+                                  steps=500_000, batch_size=32, lr=2e-4),
+        cyclegan=CycleGANConfig(channels=64, res_blocks=9, disc_channels=(64, 128, 256),
+                                clip_seconds=4.0, steps=200_000, batch_size=1),
+        unit=UNITConfig(channels=64, res_blocks=4, disc_channels=(64, 128, 256),
+                        clip_seconds=4.0, steps=200_000, batch_size=1),
+        musicvae=MusicVAEConfig(hidden=512, latent_channels=32, steps=100_000, batch_size=64,
+                                lr=5e-4))
 
 
 PRESETS = {

@@ -83,6 +83,7 @@ class GuideDiff(nn.Module):
         nn.init.zeros_(self.head.bias)
         self.schedules = {}           # filled by the search in train.py, or from_checkpoint
         self.default_steps, self.searched = 1, False
+        self.projections = 0          # mel_projection rounds after sampling (vocode)
 
     def guide(self, spec):
         """spec (B, 1, n_mels, T) normalised log-mel -> (guide features (B, T, D), the
@@ -120,9 +121,11 @@ class GuideDiff(nn.Module):
 
     @torch.no_grad()
     def vocode(self, spec, steps=None, noise_levels=None, eta=0.0, generator=None,
-               length=None):
+               length=None, projections=None):
         """Log-mel (B, 1, n_mels, T) -> waveform (B, N), N = length or hop (T - 1), in
-        len(noise_levels) denoiser calls (default: the stored schedule for `steps`)."""
+        len(noise_levels) denoiser calls (default: the stored schedule for `steps`), then
+        `projections` rounds of mel_projection (default: self.projections)."""
+        projections = self.projections if projections is None else projections
         if noise_levels is None:
             steps = steps or self.default_steps
             assert steps in self.schedules, f"no stored schedule for {steps} steps; " \
@@ -134,11 +137,40 @@ class GuideDiff(nn.Module):
         for i, s in enumerate(noise_levels):
             x0 = self.denoise(x, g, torch.full((B,), s, device=spec.device))
             if i == len(noise_levels) - 1:
-                return x0
+                return mel_projection(x0.float(), spec.float(), self.logmel, projections)
             s_next = noise_levels[i + 1]
             eps = (x - math.sqrt(1 - s * s) * x0) / s            # x_s = sqrt(1 - s^2) x0 + s eps
             noise = torch.randn(B, N, generator=generator).to(spec) if eta > 0 else None
             x = ddim_update(x0, eps, 1 - s * s, 1 - s_next * s_next, eta, noise)
+
+
+def mel_projection(wave, spec, logmel, rounds, inner=3):
+    """Make a waveform's mel spectrogram agree with the guide: alternate between the STFTs
+    of waveforms (consistent) and the STFTs whose mel projection is the guide's, keeping
+    the phase and the fine structure within each band (Griffin-Lim's alternating
+    projections, Griffin & Lim 1984, but from GuideDiff's estimate rather than from noise,
+    and onto the mel rather than onto one pseudo-inverse magnitude).
+
+    Each round: STFT; `inner` times scale every bin by the mean, over the mel bands it
+    belongs to, of the band's target / current mel ratio; inverse STFT. wave (B, N), spec
+    (B, 1, n_mels, T) normalised log-mel -> wave (B, N)."""
+    if rounds == 0:
+        return wave
+    target = torch.exp(spec[:, 0] * logmel.norm_std + logmel.norm_mean)      # (B, n_mels, T)
+    fb = logmel.mel_fb                                                          # (n_mels, F)
+    spread = fb.sum(0).clamp_min(1e-8)[:, None]                                 # (F, 1)
+    for _ in range(rounds):
+        X = stft(wave, logmel.n_fft, logmel.hop, window=logmel.window)        # (B, F, T')
+        T = min(X.shape[-1], target.shape[-1])
+        magnitude, phase = X.abs(), X.angle()
+        m = magnitude[..., :T]
+        for _ in range(inner):
+            ratio = target[..., :T] / (fb @ m).clamp_min(logmel.log_floor)
+            m = m * (fb.T @ ratio) / spread
+        magnitude = torch.cat([m, magnitude[..., T:]], -1)
+        wave = istft(torch.polar(magnitude, phase), logmel.n_fft, logmel.hop,
+                     length=wave.shape[-1], window=logmel.window)
+    return wave
 
 
 def training_loss(model, wave, spec, logmel, p_pure_noise=0.25, mel_weight=1.0,
@@ -178,8 +210,10 @@ def candidate_schedules(steps):
 def build(cfg):
     """A GuideDiff for a Config: the STFT and mel settings come from cfg.audio."""
     c = cfg.guidediff
-    return GuideDiff(LogMel(**asdict(cfg.audio)), c.dim, c.hidden, c.layers, c.guide_layers,
-                     c.emb_dim)
+    model = GuideDiff(LogMel(**asdict(cfg.audio)), c.dim, c.hidden, c.layers, c.guide_layers,
+                      c.emb_dim)
+    model.projections = c.projections
+    return model
 
 
 def from_checkpoint(ckpt):

@@ -452,23 +452,28 @@ def load_guidediff(ckpt_dir):
                                                             "guidediff"))
 
 
-def guidediff_vocoder(model, steps):
+def guidediff_vocoder(model, steps, projections=None):
     def vocode(spec, length, generator):
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            return model.vocode(spec, steps, generator=generator, length=length).float()
+            return model.vocode(spec, steps, generator=generator, length=length,
+                                projections=projections).float()
     return vocode
 
 
 def guidediff_systems(model, waves, logmel):
-    """Resynthesis rows: GuideDiff from the ground-truth log-mel at each stored step count."""
-    def system(steps):
-        vocode = guidediff_vocoder(model, steps)
+    """Resynthesis rows: GuideDiff from the ground-truth log-mel at each stored step count,
+    and at the default count without the mel projections."""
+    def system(steps, projections=None):
+        vocode = guidediff_vocoder(model, steps, projections)
 
         def resynthesise(wave, src, tgt, piece):
             return vocode(logmel(wave[None]), len(wave), torch.Generator().manual_seed(0))[0]
         return resynthesise
-    return {f"GuideDiff, {k} step{'s' * (k > 1)} (ground-truth log-mel)": system(k)
-            for k in sorted(model.schedules)}
+    rows = {f"GuideDiff, {k} step{'s' * (k > 1)} + {model.projections} mel projections "
+            f"(ground-truth log-mel)": system(k) for k in sorted(model.schedules)}
+    k = model.default_steps
+    rows[f"GuideDiff, {k} steps, no mel projection (ground-truth log-mel)"] = system(k, 0)
+    return rows
 
 
 def ldm_systems(ldm, ldm_ckpt, autoencoder, styles, logmel, settings, vocoders):
@@ -616,7 +621,8 @@ def stage_eval(args, cfg):
     if (Path(args.ckpt_dir) / "guidediff.pt").is_file():
         gd = load_guidediff(args.ckpt_dir)
         resynthesis.update(guidediff_systems(gd, waves, logmel))
-        vocoders[f"GuideDiff {gd.default_steps} steps"] = guidediff_vocoder(gd, gd.default_steps)
+        vocoders[f"GuideDiff {gd.default_steps} steps + {gd.projections} mel projections"] = \
+            guidediff_vocoder(gd, gd.default_steps)
     if (Path(args.ckpt_dir) / "ldm.pt").is_file():
         ldm, ldm_ckpt = load_ldm(args.ckpt_dir)
         settings = [best_settings(results["sweep"], m) if "sweep" in results else
@@ -648,10 +654,19 @@ def stage_eval(args, cfg):
                                                   logmel, cfg.audio.sample_rate)
     results["test_set"] = dict(pieces=len(pieces), styles=styles,
                                seconds=len(next(iter(waves.values()))) / cfg.audio.sample_rate)
-    if args.rows and "command" in old:      # the tables' command stays; this one is added
-        results.update(command=old["command"], machine=old["machine"], reruns=old.get(
-            "reruns", []) + [dict(command=command, machine=machine_description(),
-                                  rows=sorted(transfer) + sorted(resynthesis))])
+    if args.rows and results_path.is_file():
+        # Only this run's rows go into the file as it is now (another --rows run may have
+        # written since this one started); the tables' command stays, this one is added.
+        new, results = results, json.loads(results_path.read_text())
+        for table, systems in (("transfer", transfer), ("resynthesis", resynthesis)):
+            results.setdefault(table, {}).update({k: new[table][k] for k in systems})
+        for key in ("fad_floor", "test_set"):
+            results.setdefault(key, new[key])
+        results.setdefault("command", command)
+        results.setdefault("machine", machine_description())
+        results["reruns"] = [r for r in results.get("reruns", []) if r["command"] != command] \
+            + [dict(command=command, machine=machine_description(),
+                    rows=sorted(transfer) + sorted(resynthesis))]
     else:
         results.update(command=command, machine=machine_description())
     write_results(results, out_dir)

@@ -511,6 +511,8 @@ def build_parser():
                    help="float32 everywhere (default: bfloat16 autocast for the U-Net and "
                         "GuideDiff)")
     p.add_argument("--plot", metavar="PNG", help="also write the source and output log-mels")
+    p.add_argument("--timing", action="store_true",
+                   help="print the compute seconds of each stage and the real-time factor")
     p.add_argument("--list-styles", action="store_true", help="print the style names and exit")
     p.add_argument("--ckpt-dir", default=str(CKPT_DIR), help="default: checkpoints/ beside "
                    "this file")
@@ -544,9 +546,16 @@ def run(args):
             print(f"note: {models.note}", file=sys.stderr)
         if is_silent(wave):
             print(f"warning: {args.input} is silent; writing silence to {out}", file=sys.stderr)
+        stopwatch = Stopwatch(args.device) if args.timing else no_stopwatch
+        t0 = time.perf_counter()
         restyled, _ = transfer(wave, sr, args.style, ref=ref, strength=args.strength,
                                mode=args.mode, steps=args.steps, guidance=args.guidance,
-                               seed=args.seed, models=models)
+                               seed=args.seed, models=models, stopwatch=stopwatch)
+        if args.timing:
+            seconds = dict(stopwatch.seconds, total=time.perf_counter() - t0)
+            print("; ".join(f"{k} {v:.1f} s" for k, v in seconds.items()) + f"; real-time "
+                  f"factor {seconds['total'] * sr / len(wave):.3f} (model loading not counted)",
+                  file=sys.stderr)
         sf.write(tmp, restyled, sr, format=fmt)
         os.replace(tmp, out)
     finally:

@@ -121,3 +121,20 @@ def test_no_clicks_at_frame_rate():
     out = model.vocode(spec, steps=model.default_steps, generator=torch.Generator().manual_seed(0),
                        length=len(wave))[0]
     assert frame_rate_flux_ratio(out, model.hop) < 1.3
+
+
+def test_mel_projection_moves_towards_the_guide():
+    """Rounds of mel_projection bring a wrong waveform's log-mel closer to the guide's,
+    monotonically on average, and leave a waveform that already fits nearly alone."""
+    logmel = LogMel(n_mels=32, n_fft=256, hop=64)
+    g = torch.Generator().manual_seed(0)
+    t = torch.arange(8000) / 16000
+    target = (0.3 * torch.sin(2 * math.pi * 440 * t) + 0.05 * torch.randn(8000, generator=g))[None]
+    spec = logmel(target)
+    wrong = 0.1 * torch.randn(1, 8000, generator=g)
+    errors = [(logmel(guidediff.mel_projection(wrong, spec, logmel, k)) - spec).abs().mean()
+              for k in (0, 1, 4)]
+    assert errors[0] > 2 * errors[1] and errors[2] < errors[1]
+    kept = guidediff.mel_projection(target, spec, logmel, 2)
+    assert (logmel(kept) - spec).abs().mean() < 0.05 * errors[0]
+    assert kept.shape == target.shape
