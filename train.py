@@ -488,7 +488,7 @@ def ldm_systems(ldm, ldm_ckpt, autoencoder, styles, logmel, settings, vocoders):
     prediction = config.config_from_dict(ldm_ckpt["config"]).ldm.prediction
 
     @torch.no_grad()
-    def latent_transfer(wave, src, mode, strength, guidance, steps):
+    def latent_transfer(wave, src, mode, strength, guidance, steps, warm_start=False):
         t0 = time.perf_counter()
         spec = logmel(wave[None])                                       # (1, 1, n_mels, T)
         targets = [s for s in styles if s != src]
@@ -499,7 +499,8 @@ def ldm_systems(ldm, ldm_ckpt, autoencoder, styles, logmel, settings, vocoders):
                 ldm.unet, ldm.sched, z, ldm.style.from_labels(labels), steps, strength, mode,
                 context_src=ldm.style.from_labels(torch.full_like(labels, styles.index(src))),
                 null_context=ldm.style.null_context(len(targets)), guidance=guidance,
-                generator=torch.Generator().manual_seed(0), prediction=prediction)
+                generator=torch.Generator().manual_seed(0), prediction=prediction,
+                warm_start=warm_start)
         spec_tgt = autoencoder.decode(z_tgt.float() / scale, length=spec.shape[-1])
         return targets, spec_tgt, time.perf_counter() - t0
 
@@ -521,8 +522,9 @@ def ldm_systems(ldm, ldm_ckpt, autoencoder, styles, logmel, settings, vocoders):
                     cache[piece, src] = {t: (a, share) for t, a in zip(targets, audio)}
                 return cache[piece, src][tgt]
 
+            warm = ", warm-started" if setting.get("warm_start") else ""
             name = (f"LDM {setting['mode']} (strength {setting['strength']}, "
-                    f"w={setting['guidance']}, {setting['steps']} steps) + {vocoder_name}")
+                    f"w={setting['guidance']}, {setting['steps']} steps{warm}) + {vocoder_name}")
             systems[name] = transfer
     return systems
 
@@ -611,7 +613,7 @@ def stage_eval(args, cfg):
     transfer, resynthesis = evaluate.reference_systems(waves, logmel, cfg.audio.n_fft,
                                                        cfg.audio.hop)
     references = set(transfer)
-    base_transfer, base_resynthesis = baseline_systems(args, cfg, logmel, styles)
+    base_transfer, base_resynthesis = baseline_systems(args, cfg, logmel, styles, waves)
     transfer.update(base_transfer)
     resynthesis.update(base_resynthesis)
     if (Path(args.ckpt_dir) / "autoencoder.pt").is_file():
@@ -628,6 +630,7 @@ def stage_eval(args, cfg):
         settings = [best_settings(results["sweep"], m) if "sweep" in results else
                     dict(mode=m, strength=0.7, guidance=3.0, steps=args.sampler_steps)
                     for m in SWEEP["mode"]]
+        settings.append(dict(settings[-1], warm_start=True))     # transfer --fast-inversion
         transfer.update(ldm_systems(ldm, ldm_ckpt, load_autoencoder(args.ckpt_dir)[0], styles,
                                     logmel, settings, vocoders))
     if args.rows:
@@ -745,13 +748,14 @@ def stage_baselines(args, cfg):
         baselines.module(name).train(args, cfg, kit)
 
 
-def baseline_systems(args, cfg, logmel, styles):
-    """({row: system} for transfer, {row: system} for resynthesis) of the trained baselines."""
+def baseline_systems(args, cfg, logmel, styles, waves):
+    """({row: system} for transfer, {row: system} for resynthesis) of the trained baselines;
+    waves: the test clips the rows will be asked for (autoregressive ones batch them)."""
     transfer, resynthesis = {}, {}
     for name in baselines.NAMES:
         m = baselines.module(name)
         (transfer if m.KIND == "transfer" else resynthesis).update(
-            m.systems(args.ckpt_dir, cfg, logmel, styles))
+            m.systems(args.ckpt_dir, cfg, logmel, styles, waves))
     return transfer, resynthesis
 
 
