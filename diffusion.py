@@ -227,7 +227,7 @@ def sdedit(sched, x0, strength, generator=None):
 
 def transfer(model, sched, x_src, context_tgt, steps, strength=0.6, mode="sdedit",
              context_src=None, null_context=None, guidance=1.0, generator=None,
-             prediction="v", progress=None, invert_iters=1, warm_start=True):
+             prediction="v", progress=None, invert_iters=1, warm_start=False):
     """Move x_src to the target condition: the paper's style transfer in latent space.
 
     sdedit: noise x_src to t = strength (T - 1) and denoise under the target (Meng et al.).
@@ -236,7 +236,8 @@ def transfer(model, sched, x_src, context_tgt, steps, strength=0.6, mode="sdedit
     more of the source than fresh noise does. `steps` counts the denoising steps taken.
     Inversion runs the conditional model alone: inverting under guidance drifts (the
     reason for null-text inversion, Mokady et al. 2023), and it halves the cost. It takes
-    one fixed-point refinement a step, warm-started (ddim_invert): one model call a step.
+    invert_iters fixed-point refinements a step; warm_start saves one model call a step at
+    some cost in exactness (ddim_invert).
     """
     t_start = int(round(strength * (sched.T - 1)))
     if mode == "sdedit":
