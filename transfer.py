@@ -132,9 +132,11 @@ def compile_models(models):
     """torch.compile (inductor: C++/OpenMP kernels on a CPU, Triton on CUDA) of the U-Net,
     the autoencoder's encoder and decoder and GuideDiff's guide encoder and denoiser, which
     fuses GroupNorm + SiLU, the FiLM arithmetic and the attention's surroundings. Windows
-    have one shape (WINDOW_BATCH x WINDOW frames; the last batch is padded), so the U-Net
-    compiles once; the autoencoder and GuideDiff see each song's length and are marked
-    dynamic. The first call pays for compilation (see RESULTS.md, speed table)."""
+    all have WINDOW frames but batches differ (inversion, guided steps, the last chunk), so
+    the U-Net compiles twice: for the first shape, then once with a dynamic batch (torch's
+    automatic dynamic shapes; dynamic=True fails to lower the strided convolutions here).
+    The autoencoder and GuideDiff see each song's length and are compiled dynamic. The
+    first call pays for compilation (RESULTS.md, speed table: about a minute)."""
     models.ldm.unet = torch.compile(models.ldm.unet)
     ae = models.autoencoder
     ae.encoder, ae.decoder = (torch.compile(m, dynamic=True) for m in (ae.encoder, ae.decoder))
@@ -162,12 +164,11 @@ def window_weights(window, overlap):
 
 
 def windowed(unet_model, length, window=WINDOW, overlap=OVERLAP, batch=WINDOW_BATCH,
-             bf16=True, fixed_shape=False):
+             bf16=True):
     """A model(x_t, t, context) over whole songs (B, C, F, length) built from a U-Net that
     sees windows: every window of every item in one batch (in chunks of `batch`), the
     predictions blended by window_weights. The DDIM step is affine in the prediction for a
-    shared x_t, so blending predictions is MultiDiffusion's blending of the next latents.
-    fixed_shape: pad the last chunk to `batch` windows (one shape for a compiled U-Net)."""
+    shared x_t, so blending predictions is MultiDiffusion's blending of the next latents."""
     starts = window_starts(length, window, overlap)
     w = min(window, length)
     weights = window_weights(w, overlap)                                    # (w,)
@@ -179,13 +180,9 @@ def windowed(unet_model, length, window=WINDOW, overlap=OVERLAP, batch=WINDOW_BA
         B, n = x_t.shape[0], len(starts)
         crops = torch.stack([x_t[..., s:s + w] for s in starts], 1).flatten(0, 1)  # (B n, C, F, w)
         t, context = t.repeat_interleave(n), context.repeat_interleave(n, 0)
-        if fixed_shape and len(crops) % batch:              # repeat the last window
-            pad = batch - len(crops) % batch
-            crops, t, context = (torch.cat([a, a[-1:].expand(pad, *a.shape[1:])])
-                                 for a in (crops, t, context))
         with torch.autocast(x_t.device.type, dtype=torch.bfloat16, enabled=bf16):
             pred = torch.cat([unet_model(crops[i:i + batch], t[i:i + batch], context[i:i + batch])
-                              .float() for i in range(0, len(crops), batch)])[:B * n]
+                              .float() for i in range(0, len(crops), batch)])
         pred = pred.view(B, n, *crops.shape[1:]) * weights.to(pred)        # (B, n, C, F, w)
         blended = torch.zeros_like(x_t)
         for k, s in enumerate(starts):
@@ -271,8 +268,7 @@ def stylize(models, spec, context, *, source_context=None, strength=STRENGTH, mo
     with stopwatch("encoder"), autocast:
         z = in_chunks(lambda s: ae.encode(s).mode(), spec, AE_CHUNK, AE_MARGIN, 1 / f).float()
         z = z * scale
-    model = windowed(ldm.unet, z.shape[-1], window, overlap, bf16=models.bf16,
-                     fixed_shape=False)
+    model = windowed(ldm.unet, z.shape[-1], window, overlap, bf16=models.bf16)
     null, prediction = ldm.style.null_context(1), ldm.c.prediction
     t_start = int(round(strength * (ldm.sched.T - 1)))
     windows = len(window_starts(z.shape[-1], window, overlap))
