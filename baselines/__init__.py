@@ -21,6 +21,9 @@ Each module defines
 that no module here imports an entry point.
 """
 import importlib
+from pathlib import Path
+
+import config
 
 NAMES = ("cyclegan", "unit", "musicvae", "wavenet", "wavernn")
 
@@ -29,3 +32,17 @@ def module(name):
     if name not in NAMES:
         raise ValueError(f"unknown baseline {name!r}; known: {', '.join(NAMES)}")
     return importlib.import_module(f"baselines.{name}")
+
+
+def load_checkpoint(ckpt_dir, name, audio):
+    """(checkpoint, its Config) of CKPT_DIR/baselines/NAME.pt, or None when there is none;
+    one made for another log-mel front end than `audio` (the evaluation's) is a ValueError."""
+    path, stage = Path(ckpt_dir) / "baselines" / f"{name}.pt", f"baselines --baseline {name}"
+    if not path.is_file():
+        return None
+    ckpt = config.load_checkpoint(path, stage)
+    cfg = config.config_from_dict(ckpt["config"])
+    if cfg.audio != audio:
+        raise ValueError(f"the {name} checkpoint was trained on another log-mel front end; "
+                         f"retrain it with `python train.py --stage {stage}`")
+    return ckpt, cfg

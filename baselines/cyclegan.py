@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import baselines
 import config
 from autoencoder import SILENCE, PatchDiscriminator
 from stft import LogMel
@@ -232,15 +233,11 @@ def train(args, cfg, kit):
 def load_pair_model(ckpt_dir, name, build, audio):
     """(model, its Config) from CKPT_DIR/baselines/NAME.pt, or None when there is none;
     build(cfg) makes the empty model; `audio` is the evaluation's front end, which must match."""
-    path, stage = Path(ckpt_dir) / "baselines" / f"{name}.pt", f"baselines --baseline {name}"
-    if not path.is_file():
+    loaded = baselines.load_checkpoint(ckpt_dir, name, audio)
+    if loaded is None:
         return None
-    ckpt = config.load_checkpoint(path, stage)
-    cfg = config.config_from_dict(ckpt["config"])
-    if cfg.audio != audio:
-        raise ValueError(f"the {name} checkpoint was trained on another log-mel front end; "
-                         f"retrain it with `python train.py --stage {stage}`")
-    return config.load_weights(build(cfg), ckpt, stage), cfg
+    ckpt, cfg = loaded
+    return config.load_weights(build(cfg), ckpt, f"baselines --baseline {name}"), cfg
 
 
 def pair_systems(model, label, pair, logmel):

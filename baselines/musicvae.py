@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import baselines
 import config
 from autoencoder import SILENCE, DiagonalGaussian
 from stft import LogMel
@@ -116,14 +117,10 @@ def train(args, cfg, kit):
 
 def load(ckpt_dir, audio):
     """(model, its styles) from CKPT_DIR/baselines/musicvae.pt, or None when there is none."""
-    path = Path(ckpt_dir) / "baselines" / "musicvae.pt"
-    if not path.is_file():
+    loaded = baselines.load_checkpoint(ckpt_dir, "musicvae", audio)
+    if loaded is None:
         return None
-    ckpt = config.load_checkpoint(path, STAGE)
-    cfg = config.config_from_dict(ckpt["config"])
-    if cfg.audio != audio:
-        raise ValueError(f"the musicvae checkpoint was trained on another log-mel front end; "
-                         f"retrain it with `python train.py --stage {STAGE}`")
+    ckpt, cfg = loaded
     model = build(cfg.musicvae, len(ckpt["styles"]), cfg.audio.n_mels)
     return config.load_weights(model, ckpt, STAGE), ckpt["styles"]
 
