@@ -71,7 +71,6 @@ class Models:
     noise_levels: list = None       # GuideDiff's few-step schedule
     note: str = ""                  # which vocoder, and why
     bf16: bool = True               # bfloat16 autocast for the U-Net and GuideDiff
-    compiled: bool = False          # torch.compile'd by compile_models
 
     @property
     def device(self):
@@ -144,7 +143,6 @@ def compile_models(models):
         gd = models.vocoder
         gd.guide, gd.denoise = torch.compile(gd.guide, dynamic=True), \
             torch.compile(gd.denoise, dynamic=True)
-    models.compiled = True
 
 
 # ---------------------------------------------------------------- windows and chunks

@@ -148,21 +148,32 @@ class WaveNet(nn.Module):
         # slot t % d holds the input of step t - d until step t reads and replaces it.
         layer_cond = [layer.cond(cond).transpose(0, 1).contiguous() for layer in self.layers]
         queues = [spec.new_zeros(layer.dilation, B, self.channels) for layer in self.layers]
-        prev, out, logits_kept = silence(B, spec.device), [], []
-        for t in (progress(range(length)) if progress else range(length)):
+
+        def step(t, prev):
             x, skips = self.embed(prev), 0                                  # (B, C)
             for layer, queue, c in zip(self.layers, queues, layer_cond):
                 slot = t % layer.dilation
                 x_next, skip = layer(x, queue[slot], c[frames[t]])
                 queue[slot] = x
                 x, skips = x_next, skips + skip
-            logits = self.head(skips)                                       # (B, 256)
-            prev = sample_class(logits, generator)
-            out.append(prev)
-            if keep_logits:
-                logits_kept.append(logits)
-        classes = torch.stack(out, dim=1)                                   # (B, length)
-        return (classes, torch.stack(logits_kept, dim=2)) if keep_logits else classes
+            return self.head(skips)                                         # (B, 256)
+        return sample_loop(step, B, length, spec.device, generator, keep_logits, progress)
+
+
+def sample_loop(step, batch, length, device, generator=None, keep_logits=False,
+                progress=None):
+    """Ancestral sampling, one sample at a time: step(t, previous classes (B,)) -> logits
+    (B, 256) of sample t (the model keeps its own state). Returns classes (B, length), and
+    the logits of every step (B, 256, length) if keep_logits."""
+    prev, out, logits_kept = silence(batch, device), [], []
+    for t in (progress(range(length)) if progress else range(length)):
+        logits = step(t, prev)
+        prev = sample_class(logits, generator)
+        out.append(prev)
+        if keep_logits:
+            logits_kept.append(logits)
+    classes = torch.stack(out, dim=1)                                       # (B, length)
+    return (classes, torch.stack(logits_kept, dim=2)) if keep_logits else classes
 
 
 def build(cfg):

@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 
 import config
-from baselines.wavenet import (MU, FrameConditioner, frame_index, sample_class, silence,
-                               train_vocoder, vocoder_systems)
+from baselines.wavenet import (MU, FrameConditioner, frame_index, sample_loop, train_vocoder,
+                               vocoder_systems)
 
 KIND = "vocoder"
 
@@ -57,17 +57,12 @@ class WaveRNN(nn.Module):
         cond = self.conditioner(spec).transpose(0, 1).contiguous()         # (T, B, D)
         frames = frame_index(0, length, self.hop, cond.shape[0]).tolist()
         cell = self.cell()
-        h = spec.new_zeros(B, self.gru.hidden_size)
-        prev, out, logits_kept = silence(B, spec.device), [], []
-        for t in (progress(range(length)) if progress else range(length)):
-            h = cell(torch.cat([self.embed(prev), cond[frames[t]]], dim=-1), h)   # (B, H)
-            logits = self.head(h)                                           # (B, 256)
-            prev = sample_class(logits, generator)
-            out.append(prev)
-            if keep_logits:
-                logits_kept.append(logits)
-        classes = torch.stack(out, dim=1)                                   # (B, length)
-        return (classes, torch.stack(logits_kept, dim=2)) if keep_logits else classes
+        h = [spec.new_zeros(B, self.gru.hidden_size)]                     # the GRU's state
+
+        def step(t, prev):
+            h[0] = cell(torch.cat([self.embed(prev), cond[frames[t]]], dim=-1), h[0])  # (B, H)
+            return self.head(h[0])                                          # (B, 256)
+        return sample_loop(step, B, length, spec.device, generator, keep_logits, progress)
 
 
 def build(cfg):
