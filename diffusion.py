@@ -183,19 +183,29 @@ def ddpm_sample(model, sched, x_t, context, steps=None, **kw):
     return ddim_sample(model, sched, x_t, context, steps or sched.T, eta=1.0, **kw)
 
 
+WARM_STARTS = (False, "previous", "extrapolate")
+
+
 def ddim_invert(model, sched, x0, context, steps, t_end=None, guidance=1.0, null_context=None,
                 prediction="v", fixed_point_iters=3, warm_start=False, progress=None):
     """Run deterministic DDIM backwards, x0 -> x_{t_end}: the latent that ddim_sample with
     the same steps maps back to x0.
 
     Each step solves for the x_t whose DDIM step (model evaluated at x_t, t, as the sampler
-    will) lands on the current x_{t_prev}: start from the usual guess (model evaluated at
-    x_{t_prev}, Song et al. 2021) and refine by fixed-point iteration, which makes the round
-    trip exact up to the iteration's residual (cf. Pan et al. 2023; Garibi et al. 2024).
-    warm_start: take the first guess from the previous step's last noise estimate instead
-    of a new model call, saving one call a step (all but the first)."""
+    will) lands on the current x_{t_prev}: start from a first guess of the noise estimate
+    and refine by fixed-point iteration, which makes the round trip exact up to the
+    iteration's residual (cf. Pan et al. 2023; Garibi et al. 2024). The first guess:
+      warm_start=False: a model call at x_{t_prev}, t (the classic inversion, Song et al. 2021);
+      "previous": the previous step's final estimate, saving that call (all steps but the first);
+      "extrapolate": linear extrapolation from the previous two steps' estimates, a
+        predictor as in multistep ODE solvers (PNDM, Liu et al. 2022; DPM-Solver++, Lu et al.
+        2022), the refinement its corrector: as cheap as "previous" and closer to exact.
+    True means "previous"."""
+    warm_start = "previous" if warm_start is True else warm_start
+    if warm_start not in WARM_STARTS:
+        raise ValueError(f"unknown warm_start {warm_start!r}: use one of {WARM_STARTS}")
     ts = ddim_timesteps(sched.T, steps, t_end).flip(0).tolist()        # increasing
-    x_prev, eps = x0, None
+    x_prev, history = x0, []                   # history: (t, final noise estimate) per step
     loop = list(zip([-1] + ts[:-1], ts))
     for t_prev, t in (progress(loop) if progress else loop):
         a_t = sched.alphas_cumprod[t].item()
@@ -206,12 +216,19 @@ def ddim_invert(model, sched, x0, context, steps, t_end=None, guidance=1.0, null
             x0_pred = (x_prev - math.sqrt(1 - a_prev) * eps) / math.sqrt(a_prev)
             return math.sqrt(a_t) * x0_pred + math.sqrt(1 - a_t) * eps
 
-        warm = warm_start and eps is not None
-        x_t = up(eps) if warm else x_prev
-        for _ in range(max(1, fixed_point_iters + (not warm))):
+        if warm_start and history:
+            t1, guess = history[-1]
+            if warm_start == "extrapolate" and len(history) > 1:
+                t2, eps2 = history[-2]
+                guess = guess + (t - t1) / (t1 - t2) * (guess - eps2)
+            x_t, iters = up(guess), max(1, fixed_point_iters)
+        else:
+            x_t, iters = x_prev, fixed_point_iters + 1
+        for _ in range(iters):
             pred = guided_prediction(model, x_t, tt, context, null_context, guidance)
             eps = x0_eps(sched, x_t, tt, pred, prediction)[1]
             x_t = up(eps)
+        history = history[-1:] + [(t, eps)]
         x_prev = x_t
     return x_prev
 
@@ -236,8 +253,8 @@ def transfer(model, sched, x_src, context_tgt, steps, strength=0.6, mode="sdedit
     more of the source than fresh noise does. `steps` counts the denoising steps taken.
     Inversion runs the conditional model alone: inverting under guidance drifts (the
     reason for null-text inversion, Mokady et al. 2023), and it halves the cost. It takes
-    invert_iters fixed-point refinements a step; warm_start saves one model call a step at
-    some cost in exactness (ddim_invert).
+    invert_iters fixed-point refinements a step; a warm_start ("previous" or "extrapolate",
+    see ddim_invert) saves one model call a step.
     """
     t_start = int(round(strength * (sched.T - 1)))
     if mode == "sdedit":

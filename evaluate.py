@@ -284,7 +284,8 @@ def reference_systems(waves, logmel, n_fft, hop):
 def results_markdown(results):
     """RESULTS.md from results.json: the machine, the command, the tables, the legend."""
     if "test_set" not in results:           # only a sweep has been run
-        return f"# Results\n\n{speed_markdown(results)}{sweep_markdown(results)}{METRICS_NOTE}\n"
+        return (f"# Results\n\n{speed_markdown(results)}{inversion_markdown(results)}"
+                f"{sweep_markdown(results)}{METRICS_NOTE}\n")
     t = results["test_set"]
     floor = (f" FAD-C floor (the test ground truth against as many train-split pieces in "
              f"the same styles): {results['fad_floor']:.2f}." if "fad_floor" in results else "")
@@ -298,7 +299,7 @@ def results_markdown(results):
             f"## Resynthesis (vocoders and round trips)\n\nEach test piece in each style, "
             f"resynthesised from its own ground truth and scored against it.\n\n"
             f"{results_table(results['resynthesis'])}\n\n{speed_markdown(results)}"
-            f"{sweep_markdown(results)}"
+            f"{inversion_markdown(results)}{sweep_markdown(results)}"
             f"{METRICS_NOTE}\n")
 
 
@@ -314,6 +315,24 @@ def sweep_markdown(results):
             f"{sw['rows'][0]['steps']} denoising steps, decoded through Griffin-Lim. The "
             f"identity row on the same clips: chroma vs target "
             f"{sw['identity']['content_target']:.3f}.\n\n{results_table(rows)}\n\n")
+
+
+def inversion_markdown(results):
+    """The inversion round trips (train.py --stage eval --inversion), if they were run."""
+    if "inversion" not in results:
+        return ""
+    inv = results["inversion"]
+    names = {"False": "a U-Net call (`--warm-start off`)",
+             "previous": "the last step's estimate (`previous`)",
+             "extrapolate": "extrapolated from the last two (`extrapolate`, default)"}
+    lines = ["| first guess of each step's noise | U-Net calls (inversion) | round-trip error |",
+             "|---|---:|---:|"] + [f"| {names.get(k, k)} | {r['calls']} | {100 * r['error']:.2f}% |"
+                                   for k, r in inv["rows"].items()]
+    return (f"## DDIM inversion round trips\n\nMade by `{inv['command']}` on {inv['machine']}. "
+            f"{inv['latents']} test latents (4 s each) inverted under their own style to "
+            f"strength {inv['strength']} in {inv['steps']} steps with one refinement each, "
+            f"then regenerated under the same style; error: the norm of the difference over "
+            f"the latent's norm.\n\n" + "\n".join(lines) + "\n\n")
 
 
 def speed_markdown(results):

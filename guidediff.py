@@ -152,7 +152,8 @@ def mel_projection(wave, spec, logmel, rounds, inner=3):
     and onto the mel rather than onto one pseudo-inverse magnitude).
 
     Each round: STFT; `inner` times scale every bin by the mean, over the mel bands it
-    belongs to, of the band's target / current mel ratio; inverse STFT. wave (B, N), spec
+    belongs to, of the band's target / current mel ratio; inverse STFT. The gains are real
+    and positive, so scaling the complex STFT by them keeps its phase. wave (B, N), spec
     (B, 1, n_mels, T) normalised log-mel -> wave (B, N)."""
     if rounds == 0:
         return wave
@@ -162,14 +163,13 @@ def mel_projection(wave, spec, logmel, rounds, inner=3):
     for _ in range(rounds):
         X = stft(wave, logmel.n_fft, logmel.hop, window=logmel.window)        # (B, F, T')
         T = min(X.shape[-1], target.shape[-1])
-        magnitude, phase = X.abs(), X.angle()
-        m = magnitude[..., :T]
+        magnitude = X[..., :T].abs()
+        gain = torch.ones_like(magnitude)
         for _ in range(inner):
-            ratio = target[..., :T] / (fb @ m).clamp_min(logmel.log_floor)
-            m = m * (fb.T @ ratio) / spread
-        magnitude = torch.cat([m, magnitude[..., T:]], -1)
-        wave = istft(torch.polar(magnitude, phase), logmel.n_fft, logmel.hop,
-                     length=wave.shape[-1], window=logmel.window)
+            ratio = target[..., :T] / (fb @ (magnitude * gain)).clamp_min(logmel.log_floor)
+            gain = gain * (fb.T @ ratio) / spread
+        X = torch.cat([X[..., :T] * gain, X[..., T:]], -1)
+        wave = istft(X, logmel.n_fft, logmel.hop, length=wave.shape[-1], window=logmel.window)
     return wave
 
 

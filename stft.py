@@ -65,14 +65,8 @@ def istft(X, n_fft, hop, win_length=None, center=True, length=None, window=None)
     lead, T = X.shape[:-2], X.shape[-1]
     frames = torch.fft.irfft(X.transpose(-1, -2), n=n_fft, dim=-1) * window  # (..., T, n_fft)
     n_padded = n_fft + hop * (T - 1)
-
-    def overlap_add(frames):  # (B, T, n_fft) -> (B, n_padded); fold sums the overlaps
-        y = F.fold(frames.transpose(1, 2), output_size=(1, n_padded),
-                   kernel_size=(1, n_fft), stride=(1, hop))  # (B, 1, 1, n_padded)
-        return y.reshape(frames.shape[0], n_padded)
-
-    y = overlap_add(frames.reshape(-1, T, n_fft)).reshape(*lead, n_padded)
-    envelope = overlap_add((window ** 2).expand(1, T, n_fft))[0]  # (n_padded,)
+    y = overlap_add(frames.reshape(-1, T, n_fft), hop).reshape(*lead, n_padded)
+    envelope = overlap_add((window ** 2).expand(1, T, n_fft), hop)[0]  # (n_padded,)
     # Where no window reaches (edges of an uncentred STFT) there is nothing to undo.
     tiny = torch.finfo(envelope.dtype).tiny
     y = y / torch.where(envelope > tiny, envelope, torch.ones_like(envelope))
@@ -82,6 +76,25 @@ def istft(X, n_fft, hop, win_length=None, center=True, length=None, window=None)
         return y[..., start:n_padded - start]
     y = y[..., start:start + length]
     return F.pad(y, (0, length - y.shape[-1]))  # zero-pad if the frames ran short
+
+
+def overlap_add(frames, hop):
+    """(B, T, n) frames -> (B, n + hop (T - 1)): frame t added in at sample t hop.
+
+    When hop divides n (every setting here), the output is T + n / hop - 1 blocks of hop
+    samples and block j sums part k of frame j - k: n / hop strided adds, several times
+    faster than F.fold, which serves any other hop."""
+    B, T, n = frames.shape
+    if n % hop:
+        y = F.fold(frames.transpose(1, 2), output_size=(1, n + hop * (T - 1)),
+                   kernel_size=(1, n), stride=(1, hop))                   # (B, 1, 1, N)
+        return y.reshape(B, -1)
+    r = n // hop
+    parts = frames.reshape(B, T, r, hop)
+    y = frames.new_zeros(B, T + r - 1, hop)
+    for k in range(r):
+        y[:, k:k + T] += parts[:, :, k]
+    return y.reshape(B, -1)
 
 
 # ---------------------------------------------------------------- mel scale

@@ -115,14 +115,17 @@ def train_loop(model, loss_fn, dataset, c, args, stage, validate=None, extra=Non
     export(ema) -> the module whose weights go into CKPT_DIR/STAGE.pt. Returns the EMA model.
     """
     rank, world, device = setup_distributed(args.device)
-    steps, accum = args.steps or c.steps, c.grad_accum
+    steps, accum, lr = args.steps or c.steps, c.grad_accum, args.lr or c.lr
     batch_size = (args.batch_size or c.batch_size) // (world * accum)
     assert batch_size > 0, "batch size must be at least world size x grad_accum"
+    if args.init:                                   # fine-tune from a finished checkpoint
+        config.load_weights(export(model), config.load_checkpoint(args.init, stage), stage)
+        model.train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     net = DDP(model) if world > 1 else model
     if getattr(args, "compile", False):             # inductor kernels for forward + backward
         net = torch.compile(net)
-    opt = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=c.weight_decay)
     ckpt_dir = Path(args.ckpt_dir)
     state_path, step = ckpt_dir / f"{stage}.train.pt", 0
     if args.resume and state_path.is_file():
@@ -139,7 +142,7 @@ def train_loop(model, loss_fn, dataset, c, args, stage, validate=None, extra=Non
     t0 = time.perf_counter()
     for step in bar:
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, c.lr, c.warmup, steps)
+            group["lr"] = lr_at(step, lr, c.warmup, steps)
         loss_sum = accumulate_gradients(net, loss_fn, dataset, step, accum, batch_size,
                                         args.seed, rank, world, device, autocast)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -522,7 +525,8 @@ def ldm_systems(ldm, ldm_ckpt, autoencoder, styles, logmel, settings, vocoders):
                     cache[piece, src] = {t: (a, share) for t, a in zip(targets, audio)}
                 return cache[piece, src][tgt]
 
-            warm = ", warm-started" if setting.get("warm_start") else ""
+            warm = {True: ", warm-started", "previous": ", warm-started",
+                    "extrapolate": ", extrapolated warm start"}.get(setting.get("warm_start"), "")
             name = (f"LDM {setting['mode']} (strength {setting['strength']}, "
                     f"w={setting['guidance']}, {setting['steps']} steps{warm}) + {vocoder_name}")
             systems[name] = transfer
@@ -550,6 +554,39 @@ def sweep_ldm(args, waves, styles, classifier, logmel, cfg):
     identity = evaluate.score_system(lambda wave, src, tgt, piece: wave, waves, styles,
                                      classifier, logmel, cfg.audio.sample_rate)
     return dict(rows=rows, identity=identity, pieces=len({p for p, _ in waves}), seconds=4.0)
+
+
+@torch.no_grad()
+def inversion_round_trip(args, waves, styles, logmel, sample_rate, strength=0.9):
+    """How exact each first guess of diffusion.ddim_invert is on the trained model: invert
+    the first 4 s of every test clip under its own style (one refinement a step, as
+    transfer.py does), regenerate under the same style, and measure the latent's relative
+    error and the U-Net calls (results["inversion"])."""
+    ldm, ldm_ckpt = load_ldm(args.ckpt_dir)
+    autoencoder = load_autoencoder(args.ckpt_dir)[0]
+    keys = sorted(waves)
+    spec = torch.cat([logmel(waves[k][None, :int(4.0 * sample_rate)]) for k in keys])
+    z = autoencoder.encode(spec).mode() * ldm_ckpt["latent_scale"]
+    context = ldm.style.from_labels(torch.tensor([styles.index(s) for _, s in keys]))
+    t_end, prediction = int(round(strength * (ldm.sched.T - 1))), ldm.c.prediction
+    calls, rows = [], {}
+
+    def unet(*a):
+        calls.append(1)
+        return ldm.unet(*a)
+    for warm_start in tqdm(diffusion.WARM_STARTS, desc="inversion round trips"):
+        calls.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            x_t = diffusion.ddim_invert(unet, ldm.sched, z, context, args.sampler_steps, t_end,
+                                        prediction=prediction, fixed_point_iters=1,
+                                        warm_start=warm_start)
+            n_calls = len(calls)
+            back = diffusion.ddim_sample(ldm.unet, ldm.sched, x_t.float(), context,
+                                         args.sampler_steps, t_start=t_end,
+                                         prediction=prediction).float()
+        rows[str(warm_start)] = dict(calls=n_calls,
+                                     error=((back - z).norm() / z.norm()).item())
+    return dict(rows=rows, latents=len(keys), steps=args.sampler_steps, strength=strength)
 
 
 def load_autoencoder(ckpt_dir):
@@ -587,7 +624,8 @@ def best_settings(sweep, mode):
 def stage_eval(args, cfg):
     classifier, styles, cfg = load_classifier(args.ckpt_dir)
     waves, test_styles = data.load_paired_split(args.data, "test", cfg.audio.sample_rate,
-                                                pieces=args.pieces or (2 if args.sweep else None))
+                                                pieces=args.pieces or (2 if args.sweep else 3 if
+                                                                       args.inversion else None))
     if test_styles != styles:
         raise ValueError(f"the classifier knows styles {styles} but {args.data} has "
                          f"{test_styles}; retrain it with `python train.py --stage classifier`")
@@ -601,6 +639,13 @@ def stage_eval(args, cfg):
         write_results(old, out_dir)
         print(evaluate.speed_markdown(old))
         return
+    if args.inversion:                      # only the inversion round trips are redone
+        old["inversion"] = dict(inversion_round_trip(args, waves, styles, logmel,
+                                                     cfg.audio.sample_rate),
+                                command=command, machine=machine_description())
+        write_results(old, out_dir)
+        print(evaluate.inversion_markdown(old))
+        return
     if args.sweep:                          # only the sweep is redone; the tables stay
         old["sweep"] = dict(sweep_ldm(args, waves, styles, classifier, logmel, cfg),
                             command=command)
@@ -608,7 +653,7 @@ def stage_eval(args, cfg):
         print(evaluate.sweep_markdown(old))
         return
     # --rows rescores some rows and keeps the rest; a full run starts the tables afresh.
-    keep = ("sweep",) + (("transfer", "resynthesis", "fad_floor", "speed") if args.rows else ())
+    keep = ("sweep", "inversion") + (("transfer", "resynthesis", "fad_floor", "speed") if args.rows else ())
     results = {k: old[k] for k in keep if k in old}
     transfer, resynthesis = evaluate.reference_systems(waves, logmel, cfg.audio.n_fft,
                                                        cfg.audio.hop)
@@ -630,7 +675,8 @@ def stage_eval(args, cfg):
         settings = [best_settings(results["sweep"], m) if "sweep" in results else
                     dict(mode=m, strength=0.7, guidance=3.0, steps=args.sampler_steps)
                     for m in SWEEP["mode"]]
-        settings.append(dict(settings[-1], warm_start=True))     # transfer --fast-inversion
+        settings.append(dict(settings[-1], warm_start=True))     # the "previous" warm start
+        settings.append(dict(settings[-2], warm_start="extrapolate"))
         transfer.update(ldm_systems(ldm, ldm_ckpt, load_autoencoder(args.ckpt_dir)[0], styles,
                                     logmel, settings, vocoders))
     if args.rows:
@@ -780,6 +826,8 @@ def parse_args(argv=None):
     p.add_argument("--sweep", action="store_true",
                    help="eval: the LDM strength x guidance sweep (default 2 pieces, 4 s)")
     p.add_argument("--sampler-steps", type=int, default=10, help="eval: LDM denoising steps")
+    p.add_argument("--inversion", action="store_true",
+                   help="eval: only the DDIM inversion round trips (default 3 pieces, 4 s)")
     p.add_argument("--speed", action="store_true",
                    help="eval: only the speed table (eager/compiled x fp32/bf16, per stage)")
     p.add_argument("--compile", action="store_true",
@@ -790,6 +838,10 @@ def parse_args(argv=None):
     p.add_argument("--baseline", default=None, choices=baselines.NAMES,
                    help="baselines: train only this one")
     p.add_argument("--resume", action="store_true", help="continue from CKPT_DIR/STAGE.train.pt")
+    p.add_argument("--init", default=None, metavar="CKPT",
+                   help="start from the weights of a finished STAGE.pt (fine-tuning; a fresh "
+                        "optimiser and schedule)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: preset)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPU and CUDA)")
     p.add_argument("--val-every", type=int, default=200, help="validation interval (steps)")
     p.add_argument("--save-every", type=int, default=200, help="checkpoint interval (steps)")

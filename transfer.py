@@ -45,6 +45,7 @@ STRENGTH = 0.9          # t_start / T of SDEdit or inversion: higher moves furth
 MODE = "inversion"      # or "sdedit"
 STEPS = 10              # denoising steps
 GUIDANCE = 3.0          # classifier-free guidance weight w (1 = no guidance)
+WARM_START = "extrapolate"  # inversion's first guess per step (diffusion.ddim_invert)
 SEED = 0
 GRIFFIN_LIM_ITERS = 64
 WINDOW = 64             # latent frames per window (4.1 s): the ldm's training crop
@@ -178,9 +179,10 @@ def windowed(unet_model, length, window=WINDOW, overlap=OVERLAP, batch=WINDOW_BA
         B, n = x_t.shape[0], len(starts)
         crops = torch.stack([x_t[..., s:s + w] for s in starts], 1).flatten(0, 1)  # (B n, C, F, w)
         t, context = t.repeat_interleave(n), context.repeat_interleave(n, 0)
+        size = -(-len(crops) // -(-len(crops) // batch))   # even chunks of at most batch
         with torch.autocast(x_t.device.type, dtype=torch.bfloat16, enabled=bf16):
-            pred = torch.cat([unet_model(crops[i:i + batch], t[i:i + batch], context[i:i + batch])
-                              .float() for i in range(0, len(crops), batch)])
+            pred = torch.cat([unet_model(crops[i:i + size], t[i:i + size], context[i:i + size])
+                              .float() for i in range(0, len(crops), size)])
         pred = pred.view(B, n, *crops.shape[1:]) * weights.to(pred)        # (B, n, C, F, w)
         blended = torch.zeros_like(x_t)
         for k, s in enumerate(starts):
@@ -250,14 +252,15 @@ def reference_tokens(style_encoder, spec, ref_frames, crops=REF_CROPS):
 @torch.no_grad()
 def stylize(models, spec, context, *, source_context=None, strength=STRENGTH, mode=MODE,
             steps=STEPS, guidance=GUIDANCE, generator=None, noise=None, window=WINDOW,
-            overlap=OVERLAP, progress=False, fast_inversion=False, stopwatch=no_stopwatch):
+            overlap=OVERLAP, progress=False, warm_start=WARM_START, stopwatch=no_stopwatch):
     """Normalised log-mel (1, 1, n_mels, T) -> the same music under the style tokens
     `context` (1, M, D), as a log-mel (1, 1, n_mels, T) before the vocoder.
 
     diffusion.transfer over windows; SDEdit is written out here to take its noise as an
     argument (drawn from `generator` over the whole latent when None), so that one noise
     tensor can be shared by a song and its parts. Inversion needs source_context;
-    fast_inversion warm-starts it (one U-Net call a step instead of two)."""
+    warm_start ("extrapolate", "previous" or False: diffusion.ddim_invert) saves one U-Net
+    call a step of it."""
     assert mode in ("sdedit", "inversion"), mode
     ldm, ae, scale = models.ldm, models.autoencoder, models.latent_scale
     f = ae.factor
@@ -280,7 +283,7 @@ def stylize(models, spec, context, *, source_context=None, strength=STRENGTH, mo
             z_tgt = diffusion.transfer(model, ldm.sched, z, context, steps, strength,
                                        "inversion", context_src=source_context,
                                        null_context=null, guidance=guidance,
-                                       prediction=prediction, warm_start=fast_inversion,
+                                       prediction=prediction, warm_start=warm_start,
                                        progress=bar("inverting, then denoising"))
         else:                                # SDEdit (Meng et al. 2022) with our noise
             if noise is None:
@@ -350,7 +353,7 @@ def log_mel(models, wave, sr):
 
 def transfer(wave, sr, style=None, *, ref=None, strength=STRENGTH, mode=MODE, steps=STEPS,
              guidance=GUIDANCE, vocoder=None, seed=SEED, device="cpu", ckpt_dir=CKPT_DIR,
-             progress=True, models=None, fast_inversion=False, stopwatch=no_stopwatch):
+             progress=True, models=None, warm_start=WARM_START, stopwatch=no_stopwatch):
     """The same music in another style: wave (N,) or (N, channels) at sr -> (mono float32
     (N,), sr). The target is a style name (see Models.styles) or ref = (wave, sr), a clip to
     take the style from. vocoder: "guidediff", "griffinlim" or None (GuideDiff if a
@@ -383,7 +386,7 @@ def transfer(wave, sr, style=None, *, ref=None, strength=STRENGTH, mode=MODE, st
     generator = torch.Generator().manual_seed(seed)
     spec_tgt = stylize(models, spec, context, source_context=source, strength=strength,
                        mode=mode, steps=steps, guidance=guidance, generator=generator,
-                       progress=progress, fast_inversion=fast_inversion, stopwatch=stopwatch)
+                       progress=progress, warm_start=warm_start, stopwatch=stopwatch)
     with stopwatch("vocoder"):
         out = vocode(models, spec_tgt[..., :T], n, seed)[0].float().cpu().numpy()
     with stopwatch("log-mel and style tokens"):   # the way back to the input's rate
@@ -500,9 +503,11 @@ def build_parser():
     p.add_argument("--vocoder", choices=("guidediff", "griffinlim"),
                    help="default: guidediff if a finished CKPT_DIR/guidediff.pt exists, "
                         "else griffinlim")
-    p.add_argument("--fast-inversion", action="store_true",
-                   help="one U-Net call per inversion step instead of two (warm-started "
-                        "refinement): ~20%% faster, a little less of the song kept")
+    p.add_argument("--warm-start", choices=("extrapolate", "previous", "off"),
+                   default=WARM_START, help="inversion: each step's first guess of the noise "
+                   "from the previous steps' (extrapolated, or the last one as it is), or "
+                   "'off': from a U-Net call, one more call a step (40 U-Net calls instead of 31 "
+                   "at the defaults); default %(default)s")
     p.add_argument("--seed", type=int, default=SEED, help="default %(default)s")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--compile", action="store_true",
@@ -552,7 +557,8 @@ def run(args):
         restyled, _ = transfer(wave, sr, args.style, ref=ref, strength=args.strength,
                                mode=args.mode, steps=args.steps, guidance=args.guidance,
                                seed=args.seed, models=models,
-                               fast_inversion=args.fast_inversion, stopwatch=stopwatch)
+                               warm_start=False if args.warm_start == "off" else args.warm_start,
+                               stopwatch=stopwatch)
         if args.timing:
             seconds = dict(stopwatch.seconds, total=time.perf_counter() - t0)
             print("; ".join(f"{k} {v:.1f} s" for k, v in seconds.items()) + f"; real-time "

@@ -7,7 +7,7 @@ import scipy.signal
 import torch
 
 from stft import (LogMel, griffin_lim, hann_window, hz_to_mel, istft, mel_filterbank,
-                  mel_to_hz, spectral_convergence, stft)
+                  mel_to_hz, overlap_add, spectral_convergence, stft)
 
 
 def rel_err(a, b):
@@ -74,6 +74,15 @@ def test_istft_inverts_stft(N, n_fft, hop, win_length):
     end = n_fft + hop * (X.shape[-1] - 1) - n_fft // 2
     y_long = istft(X, n_fft, hop, win_length, length=end + 100)
     assert (y_long[..., :N] - x).abs().max() < 1e-5 and (y_long[..., end:] == 0).all()
+
+
+@pytest.mark.parametrize("n, hop", [(16, 4), (16, 16), (15, 4), (12, 5)])
+def test_overlap_add_matches_a_loop(n, hop):
+    frames = torch.randn(2, 7, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
+    ref = torch.zeros(2, n + hop * 6, dtype=torch.float64)
+    for t in range(7):
+        ref[:, t * hop:t * hop + n] += frames[:, t]
+    assert torch.allclose(overlap_add(frames, hop), ref)
 
 
 def test_uncentred_istft_inverts_the_interior():

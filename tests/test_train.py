@@ -1,5 +1,6 @@
 """Tests for the shared training loop in train.py: exact resume, DDP gradients, batches."""
 import argparse
+import json
 import os
 import socket
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ class TinyConfig:
 def _args(tmp_path, **kw):
     base = dict(device="cpu", steps=None, batch_size=None, seed=3, resume=False, bf16=False,
                 ckpt_dir=str(tmp_path / "ckpt"), runs=str(tmp_path / "runs"), val_every=100,
-                save_every=100)
+                save_every=100, init=None, lr=None)
     return argparse.Namespace(**dict(base, **kw))
 
 
@@ -88,6 +89,32 @@ def test_resume_matches_uninterrupted(tmp_path):
     assert not torch.equal(full[0].weight, _model()[0].weight)
     ckpt = config.load_checkpoint(tmp_path / "a" / "ckpt" / "toy.pt", "toy")
     assert ckpt["step"] == c.steps and set(ckpt["model"]) == set(full.state_dict())
+
+
+def test_init_starts_from_a_checkpoint_and_lr_overrides(tmp_path):
+    """--init: a fine-tune starts from a finished STAGE.pt's (half-precision) weights with a
+    fresh optimiser; --lr replaces the preset's peak rate; another model's file is refused."""
+    ds, c = NoisyRegression(), TinyConfig()
+    first = train.train_loop(_model(), _loss, ds, c, _args(tmp_path / "a"), "toy")
+    path = tmp_path / "a" / "ckpt" / "toy.pt"
+    start = config.load_checkpoint(path, "toy")["model"]
+    seen = {}
+
+    def record_start(model, batch, step):
+        if step == 0 and "w" not in seen:
+            seen["w"] = model[0].weight.detach().clone()
+        return _loss(model, batch, step)
+    tuned = _model()
+    assert not torch.equal(tuned[0].weight, start["0.weight"].float())
+    train.train_loop(tuned, record_start, ds, c, _args(tmp_path / "b", init=str(path), lr=1e-3),
+                     "toy")
+    assert torch.equal(seen["w"], start["0.weight"].float())
+    lrs = [json.loads(line)["lr"] for line in open(tmp_path / "b" / "runs" / "toy" / "log.jsonl")]
+    assert max(lrs) <= 1e-3 < c.lr
+    assert not torch.equal(tuned[0].weight, first[0].weight)
+    wide = torch.nn.Sequential(torch.nn.Linear(5, 32), torch.nn.SiLU(), torch.nn.Linear(32, 2))
+    with pytest.raises(ValueError, match="does not fit"):
+        train.train_loop(wide, _loss, ds, c, _args(tmp_path / "c", init=str(path)), "toy")
 
 
 def test_get_batch_is_pure_and_covers_an_epoch():
