@@ -117,6 +117,7 @@ class GuideDiffConfig(TrainingConfig):
     search_steps: tuple = (1, 2, 4, 8)   # step counts whose schedule is searched on val
     default_steps: int = 2            # 1-8 steps measure alike (RESULTS.md): the cheap end
     projections: int = 8              # mel-consistency projections after the last step
+    projection_momentum: float = 0.9  # their fast Griffin-Lim extrapolation (0 = plain)
     clip_seconds: float = 1.0
     steps: int = 6000
     lr: float = 5e-4

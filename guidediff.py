@@ -83,7 +83,8 @@ class GuideDiff(nn.Module):
         nn.init.zeros_(self.head.bias)
         self.schedules = {}           # filled by the search in train.py, or from_checkpoint
         self.default_steps, self.searched = 1, False
-        self.projections = 0          # mel_projection rounds after sampling (vocode)
+        self.projections = 0          # mel_projection rounds after sampling (vocode) ...
+        self.projection_momentum = 0.9  # ... and their momentum
 
     def guide(self, spec):
         """spec (B, 1, n_mels, T) normalised log-mel -> (guide features (B, T, D), the
@@ -137,31 +138,36 @@ class GuideDiff(nn.Module):
         for i, s in enumerate(noise_levels):
             x0 = self.denoise(x, g, torch.full((B,), s, device=spec.device))
             if i == len(noise_levels) - 1:
-                return mel_projection(x0.float(), spec.float(), self.logmel, projections)
+                return mel_projection(x0.float(), spec.float(), self.logmel, projections,
+                                      momentum=self.projection_momentum)
             s_next = noise_levels[i + 1]
             eps = (x - math.sqrt(1 - s * s) * x0) / s            # x_s = sqrt(1 - s^2) x0 + s eps
             noise = torch.randn(B, N, generator=generator).to(spec) if eta > 0 else None
             x = ddim_update(x0, eps, 1 - s * s, 1 - s_next * s_next, eta, noise)
 
 
-def mel_projection(wave, spec, logmel, rounds, inner=3):
+def mel_projection(wave, spec, logmel, rounds, inner=3, momentum=0.9):
     """Make a waveform's mel spectrogram agree with the guide: alternate between the STFTs
     of waveforms (consistent) and the STFTs whose mel projection is the guide's, keeping
     the phase and the fine structure within each band (Griffin-Lim's alternating
     projections, Griffin & Lim 1984, but from GuideDiff's estimate rather than from noise,
     and onto the mel rather than onto one pseudo-inverse magnitude).
 
-    Each round: STFT; `inner` times scale every bin by the mean, over the mel bands it
-    belongs to, of the band's target / current mel ratio; inverse STFT. The gains are real
-    and positive, so scaling the complex STFT by them keeps its phase. wave (B, N), spec
-    (B, 1, n_mels, T) normalised log-mel -> wave (B, N)."""
-    if rounds == 0:
-        return wave
+    Each round: STFT, pushed on by `momentum` times its change since the last round (fast
+    Griffin-Lim's extrapolation, Perraudin et al. 2013: converges in fewer rounds); `inner`
+    times scale every bin by the mean, over the mel bands it belongs to, of the band's
+    target / current mel ratio; inverse STFT. The gains are real and positive, so scaling
+    the complex STFT by them keeps its phase. wave (B, N), spec (B, 1, n_mels, T)
+    normalised log-mel -> wave (B, N)."""
     target = torch.exp(spec[:, 0] * logmel.norm_std + logmel.norm_mean)      # (B, n_mels, T)
     fb = logmel.mel_fb                                                          # (n_mels, F)
     spread = fb.sum(0).clamp_min(1e-8)[:, None]                                 # (F, 1)
+    previous = None
     for _ in range(rounds):
-        X = stft(wave, logmel.n_fft, logmel.hop, window=logmel.window)        # (B, F, T')
+        X = consistent = stft(wave, logmel.n_fft, logmel.hop, window=logmel.window)  # (B, F, T')
+        if momentum and previous is not None:
+            X = consistent + momentum * (consistent - previous)
+        previous = consistent
         T = min(X.shape[-1], target.shape[-1])
         magnitude = X[..., :T].abs()
         gain = torch.ones_like(magnitude)
@@ -212,7 +218,7 @@ def build(cfg):
     c = cfg.guidediff
     model = GuideDiff(LogMel(**asdict(cfg.audio)), c.dim, c.hidden, c.layers, c.guide_layers,
                       c.emb_dim)
-    model.projections = c.projections
+    model.projections, model.projection_momentum = c.projections, c.projection_momentum
     return model
 
 

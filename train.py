@@ -115,10 +115,10 @@ def train_loop(model, loss_fn, dataset, c, args, stage, validate=None, extra=Non
     export(ema) -> the module whose weights go into CKPT_DIR/STAGE.pt. Returns the EMA model.
     """
     rank, world, device = setup_distributed(args.device)
-    steps, accum, lr = args.steps or c.steps, c.grad_accum, args.lr or c.lr
+    steps, accum, lr = args.steps or c.steps, c.grad_accum, getattr(args, "lr", None) or c.lr
     batch_size = (args.batch_size or c.batch_size) // (world * accum)
     assert batch_size > 0, "batch size must be at least world size x grad_accum"
-    if args.init:                                   # fine-tune from a finished checkpoint
+    if getattr(args, "init", None):                 # fine-tune from a finished checkpoint
         config.load_weights(export(model), config.load_checkpoint(args.init, stage), stage)
         model.train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
