@@ -182,17 +182,22 @@ def test_ddim_update_is_ddim_step_arithmetic(sched):
         assert torch.allclose(a, b, atol=1e-6)
 
 
+def _counted_oracle(sched, mu, s):
+    """(the v-prediction oracle of N(mu, s^2), the same counting its calls, the call list)."""
+    oracle, calls = _gaussian_oracle(sched, mu, s, "v"), []
+
+    def model(*args):
+        calls.append(1)
+        return oracle(*args)
+    return oracle, model, calls
+
+
 def test_warm_started_inversion_round_trip(sched):
     """The warm start (first guess from the last step's noise estimate: one model call a
     step) still converges: with refinements the round trip is exact, and it calls the model
     once a step fewer than the cold start (but for the first step)."""
     mu, s = 0.3, 0.7
-    oracle = _gaussian_oracle(sched, mu, s, "v")
-    calls = []
-
-    def model(*args):
-        calls.append(1)
-        return oracle(*args)
+    oracle, model, calls = _counted_oracle(sched, mu, s)
     g = torch.Generator().manual_seed(5)
     x0 = mu + s * torch.randn(8, 16, generator=g, dtype=torch.float64)
     x_t = D.ddim_invert(model, sched, x0, None, 25, t_end=600, fixed_point_iters=3,
@@ -210,12 +215,7 @@ def test_extrapolated_warm_start_is_the_most_exact_per_call(sched):
     makes the round trip more exact than the last step's estimate (same calls) and than the
     cold start (one call a step more); on the trained model too (README)."""
     mu, s = 0.3, 0.7
-    oracle = _gaussian_oracle(sched, mu, s, "v")
-    calls = []
-
-    def model(*args):
-        calls.append(1)
-        return oracle(*args)
+    oracle, model, calls = _counted_oracle(sched, mu, s)
     x0 = mu + s * torch.randn(8, 16, generator=torch.Generator().manual_seed(6),
                               dtype=torch.float64)
     error = {}
