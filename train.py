@@ -623,9 +623,9 @@ def best_settings(sweep, mode):
 
 def stage_eval(args, cfg):
     classifier, styles, cfg = load_classifier(args.ckpt_dir)
+    default_pieces = 2 if args.sweep else 3 if args.inversion else None     # None: all
     waves, test_styles = data.load_paired_split(args.data, "test", cfg.audio.sample_rate,
-                                                pieces=args.pieces or (2 if args.sweep else 3 if
-                                                                       args.inversion else None))
+                                                pieces=args.pieces or default_pieces)
     if test_styles != styles:
         raise ValueError(f"the classifier knows styles {styles} but {args.data} has "
                          f"{test_styles}; retrain it with `python train.py --stage classifier`")
@@ -653,7 +653,8 @@ def stage_eval(args, cfg):
         print(evaluate.sweep_markdown(old))
         return
     # --rows rescores some rows and keeps the rest; a full run starts the tables afresh.
-    keep = ("sweep", "inversion") + (("transfer", "resynthesis", "fad_floor", "speed") if args.rows else ())
+    keep = ("sweep", "inversion") + (("transfer", "resynthesis", "fad_floor", "speed")
+                                     if args.rows else ())
     results = {k: old[k] for k in keep if k in old}
     transfer, resynthesis = evaluate.reference_systems(waves, logmel, cfg.audio.n_fft,
                                                        cfg.audio.hop)

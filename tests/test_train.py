@@ -144,6 +144,7 @@ def _ddp_worker(rank, world, port, out):
                                device, torch.autocast("cpu", enabled=False))
     if rank == 0:
         torch.save([p.grad for p in model.parameters()], out)
+    dist.barrier()                      # neither rank tears gloo down under the other
     dist.destroy_process_group()
 
 
