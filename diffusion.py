@@ -183,7 +183,7 @@ def ddpm_sample(model, sched, x_t, context, steps=None, **kw):
     return ddim_sample(model, sched, x_t, context, steps or sched.T, eta=1.0, **kw)
 
 
-WARM_STARTS = (False, "previous", "extrapolate")
+WARM_STARTS = ("off", "previous", "extrapolate")
 
 
 def ddim_invert(model, sched, x0, context, steps, t_end=None, guidance=1.0, null_context=None,
@@ -195,13 +195,13 @@ def ddim_invert(model, sched, x0, context, steps, t_end=None, guidance=1.0, null
     will) lands on the current x_{t_prev}: start from a first guess of the noise estimate
     and refine by fixed-point iteration, which makes the round trip exact up to the
     iteration's residual (cf. Pan et al. 2023; Garibi et al. 2024). The first guess:
-      warm_start=False: a model call at x_{t_prev}, t (the classic inversion, Song et al. 2021);
+      "off" (or False): a model call at x_{t_prev}, t (the classic inversion, Song et al. 2021);
       "previous": the previous step's final estimate, saving that call (all steps but the first);
       "extrapolate": linear extrapolation from the previous two steps' estimates, a
         predictor as in multistep ODE solvers (PNDM, Liu et al. 2022; DPM-Solver++, Lu et al.
         2022), the refinement its corrector: as cheap as "previous" and closer to exact.
     True means "previous"."""
-    warm_start = "previous" if warm_start is True else warm_start
+    warm_start = {False: "off", True: "previous"}.get(warm_start, warm_start)
     if warm_start not in WARM_STARTS:
         raise ValueError(f"unknown warm_start {warm_start!r}: use one of {WARM_STARTS}")
     ts = ddim_timesteps(sched.T, steps, t_end).flip(0).tolist()        # increasing
@@ -216,7 +216,7 @@ def ddim_invert(model, sched, x0, context, steps, t_end=None, guidance=1.0, null
             x0_pred = (x_prev - math.sqrt(1 - a_prev) * eps) / math.sqrt(a_prev)
             return math.sqrt(a_t) * x0_pred + math.sqrt(1 - a_t) * eps
 
-        if warm_start and history:
+        if warm_start != "off" and history:
             t1, guess = history[-1]
             if warm_start == "extrapolate" and len(history) > 1:
                 t2, eps2 = history[-2]

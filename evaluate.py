@@ -322,7 +322,7 @@ def inversion_markdown(results):
     if "inversion" not in results:
         return ""
     inv = results["inversion"]
-    names = {"False": "a U-Net call (`--warm-start off`)",
+    names = {"off": "a U-Net call (`--warm-start off`)",
              "previous": "the last step's estimate (`previous`)",
              "extrapolate": "extrapolated from the last two (`extrapolate`, default)"}
     lines = ["| first guess of each step's noise | U-Net calls (inversion) | round-trip error |",

@@ -525,8 +525,8 @@ def ldm_systems(ldm, ldm_ckpt, autoencoder, styles, logmel, settings, vocoders):
                     cache[piece, src] = {t: (a, share) for t, a in zip(targets, audio)}
                 return cache[piece, src][tgt]
 
-            warm = {True: ", warm-started", "previous": ", warm-started",
-                    "extrapolate": ", extrapolated warm start"}.get(setting.get("warm_start"), "")
+            warm = {"previous": ", warm-started", "extrapolate": ", extrapolated warm start"
+                    }.get(setting.get("warm_start"), "")
             name = (f"LDM {setting['mode']} (strength {setting['strength']}, "
                     f"w={setting['guidance']}, {setting['steps']} steps{warm}) + {vocoder_name}")
             systems[name] = transfer
@@ -584,7 +584,7 @@ def inversion_round_trip(args, waves, styles, logmel, sample_rate, strength=0.9)
             back = diffusion.ddim_sample(ldm.unet, ldm.sched, x_t.float(), context,
                                          args.sampler_steps, t_start=t_end,
                                          prediction=prediction).float()
-        rows[str(warm_start)] = dict(calls=n_calls,
+        rows[warm_start] = dict(calls=n_calls,
                                      error=((back - z).norm() / z.norm()).item())
     return dict(rows=rows, latents=len(keys), steps=args.sampler_steps, strength=strength)
 
@@ -676,7 +676,7 @@ def stage_eval(args, cfg):
         settings = [best_settings(results["sweep"], m) if "sweep" in results else
                     dict(mode=m, strength=0.7, guidance=3.0, steps=args.sampler_steps)
                     for m in SWEEP["mode"]]
-        settings.append(dict(settings[-1], warm_start=True))     # the "previous" warm start
+        settings.append(dict(settings[-1], warm_start="previous"))
         settings.append(dict(settings[-2], warm_start="extrapolate"))
         transfer.update(ldm_systems(ldm, ldm_ckpt, load_autoencoder(args.ckpt_dir)[0], styles,
                                     logmel, settings, vocoders))

@@ -259,8 +259,8 @@ def stylize(models, spec, context, *, source_context=None, strength=STRENGTH, mo
     diffusion.transfer over windows; SDEdit is written out here to take its noise as an
     argument (drawn from `generator` over the whole latent when None), so that one noise
     tensor can be shared by a song and its parts. Inversion needs source_context;
-    warm_start ("extrapolate", "previous" or False: diffusion.ddim_invert) saves one U-Net
-    call a step of it."""
+    warm_start ("extrapolate" or "previous"; "off" for none: diffusion.ddim_invert) saves
+    one U-Net call a step of it."""
     assert mode in ("sdedit", "inversion"), mode
     ldm, ae, scale = models.ldm, models.autoencoder, models.latent_scale
     f = ae.factor
@@ -503,7 +503,7 @@ def build_parser():
     p.add_argument("--vocoder", choices=("guidediff", "griffinlim"),
                    help="default: guidediff if a finished CKPT_DIR/guidediff.pt exists, "
                         "else griffinlim")
-    p.add_argument("--warm-start", choices=("extrapolate", "previous", "off"),
+    p.add_argument("--warm-start", choices=diffusion.WARM_STARTS,
                    default=WARM_START, help="inversion: each step's first guess of the noise "
                    "from the previous steps' (extrapolated, or the last one as it is), or "
                    "'off': from a U-Net call, one more call a step (40 U-Net calls instead of 31 "
@@ -557,8 +557,7 @@ def run(args):
         restyled, _ = transfer(wave, sr, args.style, ref=ref, strength=args.strength,
                                mode=args.mode, steps=args.steps, guidance=args.guidance,
                                seed=args.seed, models=models,
-                               warm_start=False if args.warm_start == "off" else args.warm_start,
-                               stopwatch=stopwatch)
+                               warm_start=args.warm_start, stopwatch=stopwatch)
         if args.timing:
             seconds = dict(stopwatch.seconds, total=time.perf_counter() - t0)
             print("; ".join(f"{k} {v:.1f} s" for k, v in seconds.items()) + f"; real-time "
