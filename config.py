@@ -112,11 +112,12 @@ class GuideDiffConfig(TrainingConfig):
     layers: int = 6
     guide_layers: int = 2
     emb_dim: int = 128
+    head_hidden: int = 1024           # the MLP beside the linear output head (0: none)
     p_pure_noise: float = 0.25        # share of training at s = 1, where sampling starts
     mel_weight: float = 1.0           # log-mel L1 beside the multi-resolution STFT loss
     search_steps: tuple = (1, 2, 4, 8)   # step counts whose schedule is searched on val
     default_steps: int = 2            # 1-8 steps measure alike (RESULTS.md): the cheap end
-    projections: int = 8              # mel-consistency projections after the last step
+    projections: int = 16             # mel-consistency projections after the last step
     projection_momentum: float = 0.9  # their fast Griffin-Lim extrapolation (0 = plain)
     clip_seconds: float = 1.0
     steps: int = 6000
@@ -307,12 +308,19 @@ def load_checkpoint(path, stage):
     return ckpt
 
 
-def load_weights(module, ckpt, stage):
-    """Copy a checkpoint's weights into a freshly built module; a mismatch is a user error."""
+def load_weights(module, ckpt, stage, grow=False):
+    """Copy a checkpoint's weights into a freshly built module; a mismatch is a user error.
+    grow: the module may have parts the checkpoint lacks (a part added to a trained model to
+    fine-tune it, such as GuideDiff's MLP head); they keep their initial values. Returns
+    the module; with grow, also the names it did not find."""
     try:
-        module.load_state_dict(ckpt["model"])
+        missing, unexpected = module.load_state_dict(ckpt["model"], strict=not grow)
+        if unexpected:
+            raise RuntimeError
     except RuntimeError:
         raise ValueError(f"the {stage} checkpoint does not fit this code (it was made by another "
                          f"version or config); retrain it with `python train.py --stage "
                          f"{stage}`") from None
+    if grow:
+        return module.eval(), missing
     return module.eval()

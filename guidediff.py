@@ -65,7 +65,8 @@ class GuideDiff(nn.Module):
     the guide's frames one for one. `schedules` maps a step count K to its K noise levels
     (decreasing, the first 1.0 = pure noise); the search in train.py fills it."""
 
-    def __init__(self, logmel, dim=256, hidden=768, layers=6, guide_layers=2, emb_dim=128):
+    def __init__(self, logmel, dim=256, hidden=768, layers=6, guide_layers=2, emb_dim=128,
+                 head_hidden=0):
         super().__init__()
         self.logmel = logmel                       # stft.LogMel: the spectrogram's settings
         self.n_fft, self.hop, self.emb_dim = logmel.n_fft, logmel.hop, emb_dim
@@ -81,6 +82,15 @@ class GuideDiff(nn.Module):
         self.head = nn.Linear(dim, 2 * bins)            # log|X| correction, phase
         nn.init.zeros_(self.head.weight[:bins])         # start at the prior magnitude
         nn.init.zeros_(self.head.bias)
+        # A linear head makes every frame's log-spectrum a mix of `dim` fixed shapes; the
+        # harmonic combs of several notes at once are not. An MLP beside it (zero at start,
+        # so a trained linear-head model grows into it unchanged) lifts that limit.
+        self.head_mlp = None
+        if head_hidden:
+            self.head_mlp = nn.Sequential(nn.Linear(dim, head_hidden), nn.GELU(),
+                                          nn.Linear(head_hidden, 2 * bins))
+            nn.init.zeros_(self.head_mlp[-1].weight)
+            nn.init.zeros_(self.head_mlp[-1].bias)
         self.schedules = {}           # filled by the search in train.py, or from_checkpoint
         self.default_steps, self.searched = 1, False
         self.projections = 0          # mel_projection rounds after sampling (vocode) ...
@@ -111,7 +121,9 @@ class GuideDiff(nn.Module):
         cond = F.silu(guide + emb[:, None])                                 # (B, T, D)
         for block in self.blocks:
             h = block(h, cond)
-        correction, phase = self.head(self.out_norm(h)).float().transpose(1, 2).chunk(2, dim=1)
+        h = self.out_norm(h)
+        out = self.head(h) if self.head_mlp is None else self.head(h) + self.head_mlp(h)
+        correction, phase = out.float().transpose(1, 2).chunk(2, dim=1)
         # exp(log|X|) clipped as in Vocos: an early, wild prediction cannot overflow.
         log_mag = (prior + correction).clamp(max=math.log(100.0))
         X0 = torch.polar(log_mag.exp(), phase)                              # (B, F, T)
@@ -159,23 +171,32 @@ def mel_projection(wave, spec, logmel, rounds, inner=3, momentum=0.9):
     target / current mel ratio; inverse STFT. The gains are real and positive, so scaling
     the complex STFT by them keeps its phase. wave (B, N), spec (B, 1, n_mels, T)
     normalised log-mel -> wave (B, N)."""
-    target = torch.exp(spec[:, 0] * logmel.norm_std + logmel.norm_mean)      # (B, n_mels, T)
+    # Frames first, (B, T, F): the STFT's own layout, so the mel sums are plain matmuls
+    # and no round copies a transposed spectrogram.
+    target = torch.exp(spec[:, 0] * logmel.norm_std + logmel.norm_mean).transpose(1, 2)
     fb = logmel.mel_fb                                                          # (n_mels, F)
-    spread = fb.sum(0).clamp_min(1e-8)[:, None]                                 # (F, 1)
+    fb_t = fb.T.contiguous()                                                    # (F, n_mels)
+    spread = fb.sum(0).clamp_min(1e-8)                                          # (F,)
     previous = None
     for _ in range(rounds):
-        X = consistent = stft(wave, logmel.n_fft, logmel.hop, window=logmel.window)  # (B, F, T')
-        if momentum and previous is not None:
-            X = consistent + momentum * (consistent - previous)
+        consistent = stft(wave, logmel.n_fft, logmel.hop,
+                          window=logmel.window).transpose(1, 2)                 # (B, T', F)
+        if momentum and previous is not None:   # X = C + m (C - P), in P's storage
+            X = previous.mul_(-momentum).add_(consistent, alpha=1 + momentum)
+        else:                                   # (X is scaled in place below)
+            X = consistent.clone() if momentum else consistent
         previous = consistent
-        T = min(X.shape[-1], target.shape[-1])
-        magnitude = X[..., :T].abs()
-        gain = torch.ones_like(magnitude)
+        T = min(X.shape[1], target.shape[1])
+        magnitude = X[:, :T].abs()
+        gain = None
         for _ in range(inner):
-            ratio = target[..., :T] / (fb @ (magnitude * gain)).clamp_min(logmel.log_floor)
-            gain = gain * (fb.T @ ratio) / spread
-        X = torch.cat([X[..., :T] * gain, X[..., T:]], -1)
-        wave = istft(X, logmel.n_fft, logmel.hop, length=wave.shape[-1], window=logmel.window)
+            current = magnitude if gain is None else magnitude * gain
+            ratio = target[:, :T] / (current @ fb_t).clamp_min(logmel.log_floor)  # (B, T, mels)
+            update = (ratio @ fb) / spread                                      # (B, T, F)
+            gain = update if gain is None else gain.mul_(update)
+        X[:, :T] *= gain
+        wave = istft(X.transpose(1, 2), logmel.n_fft, logmel.hop, length=wave.shape[-1],
+                     window=logmel.window)
     return wave
 
 
@@ -217,7 +238,7 @@ def build(cfg):
     """A GuideDiff for a Config: the STFT and mel settings come from cfg.audio."""
     c = cfg.guidediff
     model = GuideDiff(LogMel(**asdict(cfg.audio)), c.dim, c.hidden, c.layers, c.guide_layers,
-                      c.emb_dim)
+                      c.emb_dim, c.head_hidden)
     model.projections, model.projection_momentum = c.projections, c.projection_momentum
     return model
 

@@ -66,7 +66,7 @@ def istft(X, n_fft, hop, win_length=None, center=True, length=None, window=None)
     frames = torch.fft.irfft(X.transpose(-1, -2), n=n_fft, dim=-1) * window  # (..., T, n_fft)
     n_padded = n_fft + hop * (T - 1)
     y = overlap_add(frames.reshape(-1, T, n_fft), hop).reshape(*lead, n_padded)
-    envelope = overlap_add((window ** 2).expand(1, T, n_fft), hop)[0]  # (n_padded,)
+    envelope = window_envelope(window, hop, T)                          # (n_padded,)
     # Where no window reaches (edges of an uncentred STFT) there is nothing to undo.
     tiny = torch.finfo(envelope.dtype).tiny
     y = y / torch.where(envelope > tiny, envelope, torch.ones_like(envelope))
@@ -95,6 +95,23 @@ def overlap_add(frames, hop):
     for k in range(r):
         y[:, k:k + T] += parts[:, :, k]
     return y.reshape(B, -1)
+
+
+def window_envelope(window, hop, T):
+    """sum_t window[n - t hop]^2 over T frames: the overlap-add of T squared windows, which
+    istft divides by. When hop divides n, block j of hop samples is the sum of the
+    squared window's parts k <= j (the first n / hop - 1 blocks), of all parts (the middle)
+    or of parts k >= j - T + 1 (the last n / hop - 1): no (T, n) frames to add up."""
+    n = window.shape[-1]
+    w2 = window ** 2
+    r = n // hop
+    if n % hop or T < r:
+        return overlap_add(w2.expand(1, T, n), hop)[0]
+    parts = w2.reshape(r, hop)
+    head = parts.cumsum(0)                                   # head[j] = sum of parts 0..j
+    tail = parts.flip(0).cumsum(0).flip(0)                   # tail[k] = sum of parts k..r-1
+    middle = head[-1].expand(T - r + 1, hop)
+    return torch.cat([head[:-1], middle, tail[1:]]).reshape(-1)   # (n + hop (T - 1),)
 
 
 # ---------------------------------------------------------------- mel scale

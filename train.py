@@ -119,7 +119,11 @@ def train_loop(model, loss_fn, dataset, c, args, stage, validate=None, extra=Non
     batch_size = (args.batch_size or c.batch_size) // (world * accum)
     assert batch_size > 0, "batch size must be at least world size x grad_accum"
     if getattr(args, "init", None):                 # fine-tune from a finished checkpoint
-        config.load_weights(export(model), config.load_checkpoint(args.init, stage), stage)
+        _, new = config.load_weights(export(model), config.load_checkpoint(args.init, stage),
+                                     stage, grow=True)
+        if new and rank == 0:
+            print(f"{stage}: {len(new)} tensors not in {args.init} start fresh: "
+                  f"{', '.join(sorted({k.rsplit('.', 1)[0] for k in new}))}")
         model.train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     net = DDP(model) if world > 1 else model
@@ -465,17 +469,21 @@ def guidediff_vocoder(model, steps, projections=None):
 
 def guidediff_systems(model, waves, logmel):
     """Resynthesis rows: GuideDiff from the ground-truth log-mel at each stored step count,
-    and at the default count without the mel projections."""
+    and at the default count with other numbers of mel projections (none included)."""
     def system(steps, projections=None):
         vocode = guidediff_vocoder(model, steps, projections)
 
         def resynthesise(wave, src, tgt, piece):
             return vocode(logmel(wave[None]), len(wave), torch.Generator().manual_seed(0))[0]
         return resynthesise
-    rows = {f"GuideDiff, {k} step{'s' * (k > 1)} + {model.projections} mel projections "
-            f"(ground-truth log-mel)": system(k) for k in sorted(model.schedules)}
+    def name(k, p):
+        return (f"GuideDiff, {k} step{'s' * (k > 1)}" +
+                (f" + {p} mel projections" if p else ", no mel projection") +
+                " (ground-truth log-mel)")
+    rows = {name(k, model.projections): system(k) for k in sorted(model.schedules)}
     k = model.default_steps
-    rows[f"GuideDiff, {k} steps, no mel projection (ground-truth log-mel)"] = system(k, 0)
+    for p in sorted({0, 8, 16, 32} - {model.projections}):
+        rows[name(k, p)] = system(k, p)
     return rows
 
 

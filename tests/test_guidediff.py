@@ -142,3 +142,26 @@ def test_mel_projection_moves_towards_the_guide():
     plain, fast = [(logmel(guidediff.mel_projection(wrong, spec, logmel, 8, momentum=m))
                     - spec).abs().mean() for m in (0.0, 0.9)]
     assert fast < 0.9 * plain
+
+
+def test_mlp_head_grows_from_a_linear_head_model():
+    """A trained linear-head GuideDiff loads into one with the MLP head (config.load_weights
+    grow=True, as train.py --init does): the MLP starts at zero, so the output is unchanged;
+    the reverse direction, a checkpoint with parts the model lacks, is refused."""
+    old = tiny(seed=1).eval()
+    torch.nn.init.normal_(old.head.weight, std=0.05)           # a 'trained' head
+    grown = guidediff.GuideDiff(old.logmel, dim=32, hidden=64, layers=2, guide_layers=1,
+                                emb_dim=16, head_hidden=48)
+    _, new = config.load_weights(grown, {"model": old.state_dict()}, "guidediff", grow=True)
+    assert new and all(k.startswith("head_mlp.") for k in new)
+    spec = old.logmel(0.1 * torch.randn(1, 3000))
+    a = old.vocode(spec, noise_levels=[1.0, 0.4], generator=torch.Generator().manual_seed(0))
+    b = grown.vocode(spec, noise_levels=[1.0, 0.4], generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
+    torch.nn.init.normal_(grown.head_mlp[-1].weight, std=0.05)  # once trained, it matters
+    c = grown.vocode(spec, noise_levels=[1.0, 0.4], generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(a, c)
+    with pytest.raises(ValueError, match="does not fit"):
+        config.load_weights(tiny(), {"model": grown.state_dict()}, "guidediff", grow=True)
+    with pytest.raises(ValueError, match="does not fit"):
+        config.load_weights(grown, {"model": old.state_dict()}, "guidediff")

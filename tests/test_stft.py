@@ -7,7 +7,8 @@ import scipy.signal
 import torch
 
 from stft import (LogMel, griffin_lim, hann_window, hz_to_mel, istft, mel_filterbank,
-                  mel_to_hz, overlap_add, spectral_convergence, stft)
+                  mel_to_hz, overlap_add, spectral_convergence, stft,
+                  window_envelope)
 
 
 def rel_err(a, b):
@@ -83,6 +84,20 @@ def test_overlap_add_matches_a_loop(n, hop):
     for t in range(7):
         ref[:, t * hop:t * hop + n] += frames[:, t]
     assert torch.allclose(overlap_add(frames, hop), ref)
+
+
+@pytest.mark.parametrize("n, hop", [(16, 4), (16, 16), (15, 4), (12, 5), (16, 8)])
+@pytest.mark.parametrize("T", [1, 2, 3, 4, 9])
+def test_window_envelope_matches_a_loop(n, hop, T):
+    """istft's divisor: the squared windows added at every hop, zeros where none reaches."""
+    window = torch.rand(n, dtype=torch.float64, generator=torch.Generator().manual_seed(T))
+    window[:2] = 0                                           # a zero-padded window's edge
+    ref = torch.zeros(n + hop * (T - 1), dtype=torch.float64)
+    for t in range(T):
+        ref[t * hop:t * hop + n] += window ** 2
+    ours = window_envelope(window, hop, T)
+    assert ours.shape == ref.shape and torch.allclose(ours, ref)
+    assert torch.equal(ours == 0, ref == 0)
 
 
 def test_uncentred_istft_inverts_the_interior():
