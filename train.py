@@ -476,6 +476,7 @@ def guidediff_systems(model, waves, logmel):
         def resynthesise(wave, src, tgt, piece):
             return vocode(logmel(wave[None]), len(wave), torch.Generator().manual_seed(0))[0]
         return resynthesise
+
     def name(k, p):
         return (f"GuideDiff, {k} step{'s' * (k > 1)}" +
                 (f" + {p} mel projections" if p else ", no mel projection") +
