@@ -467,6 +467,9 @@ def guidediff_vocoder(model, steps, projections=None):
     return vocode
 
 
+PROJECTION_ROWS = (0, 8, 16, 32)    # mel projection rounds scored at the default step count
+
+
 def guidediff_systems(model, waves, logmel):
     """Resynthesis rows: GuideDiff from the ground-truth log-mel at each stored step count,
     and at the default count with other numbers of mel projections (none included)."""
@@ -483,7 +486,7 @@ def guidediff_systems(model, waves, logmel):
                 " (ground-truth log-mel)")
     rows = {name(k, model.projections): system(k) for k in sorted(model.schedules)}
     k = model.default_steps
-    for p in sorted({0, 8, 16, 32} - {model.projections}):
+    for p in sorted(set(PROJECTION_ROWS) - {model.projections}):
         rows[name(k, p)] = system(k, p)
     return rows
 
@@ -593,8 +596,7 @@ def inversion_round_trip(args, waves, styles, logmel, sample_rate, strength=0.9)
             back = diffusion.ddim_sample(ldm.unet, ldm.sched, x_t.float(), context,
                                          args.sampler_steps, t_start=t_end,
                                          prediction=prediction).float()
-        rows[warm_start] = dict(calls=n_calls,
-                                     error=((back - z).norm() / z.norm()).item())
+        rows[warm_start] = dict(calls=n_calls, error=((back - z).norm() / z.norm()).item())
     return dict(rows=rows, latents=len(keys), steps=args.sampler_steps, strength=strength)
 
 
