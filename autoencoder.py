@@ -190,3 +190,16 @@ def from_checkpoint(ckpt):
     c = config.config_from_dict(ckpt["config"]).autoencoder
     model = Autoencoder(1, c.channels, c.latent_channels, c.num_res_blocks)
     return config.load_weights(model, ckpt, "autoencoder")
+
+
+class AutoencoderTraining(nn.Module):
+    """One autoencoder training step as one forward, so that DDP sees every parameter."""
+
+    def __init__(self, autoencoder, discriminator, c):
+        super().__init__()
+        self.autoencoder, self.discriminator, self.c = autoencoder, discriminator, c
+
+    def forward(self, spec, adv_weight):
+        loss, _ = autoencoder_loss(self.autoencoder, spec, self.c.kl_weight,
+                                          self.c.spectral_weight, self.discriminator, adv_weight)
+        return loss

@@ -249,6 +249,11 @@ def write_wav(path, wave, sample_rate):
 def build_dataset(out_dir, pieces=60, seconds=12.0, seed=0, sample_rate=16000, workers=2,
                   soundfont_path=None, progress=None):
     """Render every piece in every style into out_dir/{split}/{style}/pieceNNNN.wav."""
+    if pieces < 3:
+        raise ValueError(f"--pieces {pieces} is too few: the split needs one piece each for "
+                         f"train, val and test, so use 3 or more")
+    if seconds < 1:
+        raise ValueError(f"--seconds {seconds} is too short: use 1 or more")
     splits = split_pieces(pieces, seed)
     split_of = {i: s for s, idx in splits.items() for i in idx}
     jobs = [(i, seed, seconds, sample_rate, str(out_dir), split_of[i], soundfont_path)
@@ -366,3 +371,39 @@ class AudioFolder(torch.utils.data.Dataset):
         wave = self.waves[i][offset:offset + self.clip]
         wave = torch.nn.functional.pad(wave, (0, self.clip - len(wave)))  # short file: pad
         return wave, self.labels[i]
+
+
+class LatentClips(torch.utils.data.Dataset):
+    """Cached latents of whole pieces; each item is a random crop, its style label, and a
+    reference log-mel crop from another piece of the same style (zero-shot conditioning)."""
+
+    def __init__(self, latents, specs, labels, latent_frames, ref_frames):
+        self.latents, self.specs, self.labels = latents, specs, labels
+        self.latent_frames, self.ref_frames = latent_frames, ref_frames
+        self.by_style = {y: [i for i, l in enumerate(labels) if l == y] for y in set(labels)}
+
+    def __len__(self):
+        return len(self.latents)
+
+    @staticmethod
+    def _crop(x, n):
+        spare = x.shape[-1] - n
+        start = int(torch.randint(0, spare + 1, ())) if spare > 0 else 0
+        return torch.nn.functional.pad(x[..., start:start + n], (0, max(0, -spare)), mode="replicate")
+
+    def __getitem__(self, i):
+        same = self.by_style[self.labels[i]]
+        j = same[int(torch.randint(0, len(same), ()))]
+        return (self._crop(self.latents[i], self.latent_frames), self.labels[i],
+                self._crop(self.specs[j], self.ref_frames))
+
+
+@torch.no_grad()
+def encode_pieces(autoencoder, scale, logmel, waves, device, progress=None):
+    """Whole pieces -> (scaled latents (c, F/f, T/f), log-mels (1, n_mels, T)), cached once."""
+    latents, specs = [], []
+    for wave in (progress(waves, desc="encoding latents") if progress else waves):
+        spec = logmel(wave[None].to(device))                            # (1, 1, n_mels, T)
+        latents.append((autoencoder.encode(spec).mode() * scale)[0].cpu())
+        specs.append(spec[0].cpu())
+    return latents, specs

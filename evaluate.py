@@ -1,373 +1,452 @@
-"""Evaluation: the style classifier, the metrics, and the results tables.
+"""The evaluation: the systems it scores, how it scores them, and the results it writes.
 
-The paper scores transfer by style accuracy, Frechet Audio Distance and listening tests.
-The built-in dataset is paired (every test piece exists in every style), so here a transfer
-"piece P, style S -> T" is also scored against its ground truth, the rendering of P in T.
+    python train.py --stage eval      -> results/results.json and results/RESULTS.md
 
-    StyleClassifier: spec (B, 1, n_mels, T) -> logits (B, n_styles), embedding (B, emb_dim)
-    metrics: pure functions on tensors -> one number per item (or per set, for FAD-C)
-    score_system: system(source wave, source style, target style, piece) -> wave, scored
-                  over all ordered pairs of distinct styles
+One run scores every system on the paired test split once, for the report, and makes the
+tuning tables (vocoder settings, inversion round trips) on the validation split, where the
+defaults are chosen; `--sweep` (the LDM's strength x guidance grid, also on val) writes
+results/sweep.json and SWEEP.md of its own. The transfer row is `transfer.transfer()` with
+its defaults, the function `python transfer.py` runs, so the table measures what users get.
+
+    system(wave (N,), source style, target style, piece) -> wave (N',) or (wave, seconds)
+    score_system(system, split, judge) -> {metric: value}, over every ordered style pair
 """
-import math
-import statistics
+import json
+import re
 import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
-import scipy.linalg
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
+from tqdm import tqdm
 
+import baselines
 import config
-from stft import griffin_lim, mrstft_distance, stft
+import data
+import diffusion
+import metrics
+import report
+import transfer as transfer_lib
+from stft import LogMel, griffin_lim, mrstft_distance
+
+FAD_DIMS = 16            # FAD-C in the top principal directions of the train split's embeddings
+WINDOW_SECONDS = 4.0     # the classifier's clip: outputs are judged in windows of this length
+GRIFFIN_LIM_ITERS = 64
+VOCODER_STEPS = (1, 2, 4, 8)             # GuideDiff tuning rows (val): steps at the default
+PROJECTION_ROWS = (0, 8, 16, 32)         # projections, and projections at the default steps
+SWEEP = dict(mode=("sdedit", "inversion"), strength=(0.5, 0.7, 0.9), guidance=(1.0, 3.0, 5.0))
 
 
-# ---------------------------------------------------------------- the style classifier
-class StyleClassifier(nn.Module):
-    """A small CNN on normalised log-mel with a pooled embedding (used for accuracy, FAD-C)."""
+@dataclass
+class Judge:
+    """What scoring needs besides the system: the style classifier and its log-mel, the
+    score of every piece (note events), and the PCA basis FAD-C is taken in."""
+    classifier: torch.nn.Module
+    logmel: torch.nn.Module
+    sample_rate: int
+    scores: dict                    # piece id -> note events (metadata.json)
+    basis: tuple = None             # (mean, components), metrics.pca_basis
 
-    def __init__(self, n_styles, channels=(16, 32, 64, 128), emb_dim=128):
-        super().__init__()
-        blocks, c_in = [], 1
-        for c in channels:               # each block halves frequency and time
-            blocks += [nn.Conv2d(c_in, c, 3, padding=1), nn.GroupNorm(8, c), nn.SiLU(),
-                       nn.MaxPool2d(2)]
-            c_in = c
-        self.features = nn.Sequential(*blocks)
-        self.proj = nn.Linear(2 * c_in, emb_dim)
-        self.head = nn.Linear(emb_dim, n_styles)
-
-    def embed(self, spec):
-        h = self.features(spec)                                   # (B, C, F/16, T/16)
-        pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)  # (B, 2C)
-        return F.silu(self.proj(pooled))                          # (B, emb_dim)
-
-    def forward(self, spec):
-        return self.head(self.embed(spec))                        # (B, n_styles)
+    def embed(self, wave):
+        return metrics.window_embeddings(self.classifier, self.logmel, wave,
+                                         int(WINDOW_SECONDS * self.sample_rate))
 
 
-# ---------------------------------------------------------------- metrics
-def classifier_from_checkpoint(ckpt):
-    """The StyleClassifier of a loaded classifier.pt (config.load_checkpoint)."""
-    c = config.config_from_dict(ckpt["config"]).classifier
-    model = StyleClassifier(len(ckpt["styles"]), c.channels, c.emb_dim)
-    return config.load_weights(model, ckpt, "classifier")
+@dataclass
+class Split:
+    """A paired split: {(piece, style): wave (N,)}, its styles and name."""
+    waves: dict
+    styles: list
+    name: str
+
+    @property
+    def pieces(self):
+        return sorted({p for p, _ in self.waves})
 
 
-def style_accuracy(logits, target):
-    """Fraction of items whose predicted style is the target style."""
-    return (logits.argmax(dim=-1) == target).float().mean().item()
+# ---------------------------------------------------------------- loading
+def load_classifier(ckpt_dir):
+    ckpt = config.load_checkpoint(Path(ckpt_dir) / "classifier.pt", "classifier")
+    return metrics.classifier_from_checkpoint(ckpt), ckpt["styles"], \
+        config.config_from_dict(ckpt["config"])
 
 
-def frechet_distance(emb_a, emb_b, eps=1e-6):
-    """|mu_a - mu_b|^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2)) between two sets of embeddings.
-
-    Heusel et al. 2017 (FID); with classifier embeddings this is FAD-C. emb: (N, D).
-    """
-    a, b = (np.asarray(e, dtype=np.float64) for e in (emb_a, emb_b))
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = (np.atleast_2d(np.cov(e, rowvar=False)) for e in (a, b))
-    covmean = scipy.linalg.sqrtm(cov_a @ cov_b)
-    if not np.isfinite(covmean).all():   # singular product: nudge both covariances
-        offset = eps * np.eye(len(mu_a))
-        covmean = scipy.linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
-    covmean = covmean.real               # tiny imaginary parts are numerical noise
-    diff = mu_a - mu_b
-    return float(max(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean),
-                     0.0))
+def load_split(root, name, sample_rate, styles, pieces=None, seconds=None):
+    waves, found = data.load_paired_split(root, name, sample_rate, pieces=pieces)
+    if found != styles:
+        raise ValueError(f"the classifier knows styles {styles} but {root}/{name} has {found}; "
+                         f"retrain it with `python train.py --stage classifier`")
+    if seconds:
+        waves = {k: w[:int(seconds * sample_rate)] for k, w in waves.items()}
+    return Split(waves, styles, name)
 
 
-def chroma_filterbank(sample_rate, n_fft, fmin=110.0, fmax=4000.0):
-    """(12, n_fft//2+1): each FFT bin in [fmin, fmax] goes to its nearest pitch class.
-
-    pitch = 69 + 12 log2(f / 440) (MIDI numbers, A4 = 440 Hz); class 0 is C.
-    """
-    freqs = torch.arange(n_fft // 2 + 1) * sample_rate / n_fft
-    fb = torch.zeros(12, len(freqs))
-    keep = (freqs >= fmin) & (freqs <= fmax)
-    pitch_class = torch.round(69 + 12 * torch.log2(freqs[keep] / 440.0)).long() % 12
-    fb[pitch_class, keep.nonzero().squeeze(1)] = 1.0
-    return fb
+def load_scores(root):
+    """{piece id: note events} from the built-in dataset's metadata.json."""
+    meta = json.loads((Path(root) / "metadata.json").read_text())
+    return {p["id"]: p["events"] for p in meta["pieces"]}
 
 
-def chroma(wave, sample_rate, n_fft=4096, hop=1024):
-    """Wave (B, N) -> frame-normalised 12-bin chroma (B, 12, T) from the STFT energy."""
-    power = stft(wave, n_fft, hop).abs() ** 2                     # (B, F, T)
-    c = chroma_filterbank(sample_rate, n_fft).to(power) @ power   # (B, 12, T)
-    return c / c.norm(dim=1, keepdim=True).clamp_min(1e-8)
-
-
-def _crop(x, y):
-    n = min(x.shape[-1], y.shape[-1])
-    return x[..., :n], y[..., :n]
-
-
-def content_similarity(wave_a, wave_b, sample_rate):
-    """Mean frame-wise cosine of chroma (B,): 1 = same notes, whatever the instruments."""
-    wave_a, wave_b = _crop(wave_a, wave_b)
-    ca, cb = chroma(wave_a, sample_rate), chroma(wave_b, sample_rate)
-    voiced = (ca.sum(1) > 0) & (cb.sum(1) > 0)                    # skip silent frames
-    cos = (ca * cb).sum(1)                                        # (B, T)
-    return (cos * voiced).sum(-1) / voiced.sum(-1).clamp_min(1)
-
-
-def logmel_l1(spec_a, spec_b):
-    """Mean absolute difference of normalised log-mel (B,)."""
-    spec_a, spec_b = _crop(spec_a, spec_b)
-    return (spec_a - spec_b).abs().mean(dim=(1, 2, 3))
-
-
-def log_spectral_distance(wave_ref, wave_est, n_fft=1024, hop=256, eps=1e-10):
-    """LSD in dB (B,): per frame sqrt(mean_f (10 log10 P_ref - 10 log10 P_est)^2), averaged."""
-    wave_ref, wave_est = _crop(wave_ref, wave_est)
-    db = [10 * torch.log10(stft(w, n_fft, hop).abs().pow(2).clamp_min(eps))
-          for w in (wave_ref, wave_est)]
-    return (db[0] - db[1]).pow(2).mean(dim=-2).sqrt().mean(dim=-1)
-
-
-def real_time_factor(fn, audio_seconds, repeats=5, warmup=1):
-    """Median compute seconds per second of audio over `repeats` calls, after a warm-up."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) / audio_seconds
-
-
-def matmul_gflops(n=1024, dtype=torch.float32, device="cpu", repeats=10):
-    """This machine's dense matmul throughput (GFLOP/s), printed beside every speed figure."""
-    a = torch.randn(n, n, dtype=dtype, device=device)
-    b = torch.randn(n, n, dtype=dtype, device=device)
-    seconds = real_time_factor(lambda: a @ b, 1.0, repeats=repeats, warmup=2)
-    return 2 * n ** 3 / seconds / 1e9
-
-
-def flop_counter():
-    """torch's FlopCounterMode (it counts matmuls and convolutions, the work that matters
-    here), taught the CPU's fused attention kernel, which it does not know."""
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
-
-    def sdpa(query, key, value, *args, out_shape=None, **kwargs):
-        return sdpa_flop_count(query, key, value)
-    return FlopCounterMode(display=False, custom_mapping={
-        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: sdpa})
-
-
-# ---------------------------------------------------------------- scoring a system
-@torch.no_grad()
-def window_embeddings(classifier, logmel, wave, window):
-    """Classifier embeddings (n, D) of a wave (N,) cut into n whole windows (one if short)."""
-    n = max(1, wave.shape[-1] // window)
-    chunks = wave[:n * window].reshape(n, -1) if wave.shape[-1] >= window else wave[None]
-    return classifier.embed(logmel(chunks)).numpy()
-
-
-def fad_floor(test_waves, train_waves, styles, classifier, logmel, sample_rate,
-              window_seconds=4.0):
-    """FAD-C between the test split's ground truth and other pieces of the train split, per
-    style, averaged: what two honest samples of the same styles score (the noise floor
-    against which a transfer's FAD-C is read)."""
-    window = int(window_seconds * sample_rate)
-    return float(np.mean([frechet_distance(
-        np.concatenate([window_embeddings(classifier, logmel, w, window)
-                        for (_, s), w in test_waves.items() if s == style]),
-        np.concatenate([window_embeddings(classifier, logmel, w, window)
-                        for (_, s), w in train_waves.items() if s == style]))
-        for style in styles]))
-
-
-@torch.no_grad()
-def score_system(system, waves, styles, classifier, logmel, sample_rate, window_seconds=4.0,
-                 resynthesis=False):
-    """Score `system` over every test piece and every ordered pair of distinct styles.
-
-    waves: {(piece, style): wave (N,)} ground-truth renderings (the paired test split).
-    system(wave, source_style, target_style, piece) -> wave (N',), or (wave, seconds) when
-    the system batches work over calls and reports each output's share of its compute.
-    resynthesis=True scores a vocoder or round trip instead: one call per (piece, style)
-    with source = target, and no content-vs-source column. A system with a .pairs
-    attribute (a set of (source, target)) is scored on those pairs only (one-pair models).
-    FAD-C is computed per target style (outputs for T against the ground truth in T, each
-    clip cut into windows of the classifier's clip length) and averaged over styles: over
-    all pairs, the identity's outputs would otherwise have exactly the targets' distribution.
-    """
-    pieces = sorted({p for p, _ in waves})
-    stats = {k: [] for k in ("correct", "content_target", "content_source", "logmel_l1",
-                             "mrstft", "lsd")}
-    emb_out, emb_ref = {t: [] for t in styles}, {t: [] for t in styles}
-    compute, audio_seconds, window = 0.0, 0.0, int(window_seconds * sample_rate)
-    pairs = getattr(system, "pairs", None)
-    for piece in pieces:
-        for src in styles:
-            for tgt in ([src] if resynthesis else [t for t in styles if t != src]):
-                if pairs is not None and (src, tgt) not in pairs:
-                    continue
-                t0 = time.perf_counter()
-                out = system(waves[piece, src], src, tgt, piece)
-                seconds = time.perf_counter() - t0
-                if isinstance(out, tuple):      # a system that shares work between calls
-                    out, seconds = out          # reports each output's share of it
-                compute += seconds
-                out, ref = _crop(out[None].float(), waves[piece, tgt][None])
-                source = waves[piece, src][None]
-                spec_out, spec_ref = logmel(out), logmel(ref)
-                label = classifier(spec_out).argmax(-1).item()
-                stats["correct"].append(float(label == styles.index(tgt)))
-                for x, bank in ((out, emb_out[tgt]), (ref, emb_ref[tgt])):
-                    bank.append(window_embeddings(classifier, logmel, x[0], window))
-                stats["content_target"].append(content_similarity(out, ref, sample_rate).item())
-                stats["content_source"].append(
-                    content_similarity(out, source, sample_rate).item())
-                stats["logmel_l1"].append(logmel_l1(spec_out, spec_ref).item())
-                stats["mrstft"].append(mrstft_distance(ref, out).item())
-                stats["lsd"].append(log_spectral_distance(ref, out).item())
-                audio_seconds += ref.shape[-1] / sample_rate
-    result = {k: float(np.mean(v)) for k, v in stats.items()}
-    result["style_accuracy"] = 100 * result.pop("correct")
-    if resynthesis:
-        result.pop("content_source")
-    result["fad_c"] = float(np.mean([frechet_distance(np.concatenate(emb_out[t]),
-                                                      np.concatenate(emb_ref[t]))
-                                     for t in styles if emb_out[t]]))
-    result["rtf"] = compute / audio_seconds
-    result["pairs"] = len(stats["lsd"])
-    return result
-
-
-COLUMNS = [("style_accuracy", "style acc. (%) ↑", "{:.1f}"),
-           ("content_target", "content vs target ↑", "{:.3f}"),
-           ("content_source", "content vs source", "{:.3f}"),
-           ("fad_c", "FAD-C ↓", "{:.2f}"),
-           ("logmel_l1", "log-mel L1 ↓", "{:.3f}"),
-           ("mrstft", "MR-STFT ↓", "{:.3f}"),
-           ("lsd", "LSD (dB) ↓", "{:.2f}"),
-           ("rtf", "RTF", "{:.4f}"),
-           ("pairs", "outputs", "{:.0f}")]       # one-pair models score fewer
-
-
-def results_table(rows):
-    """Markdown table of {system: metrics} in COLUMNS order."""
-    lines = ["| system | " + " | ".join(c[1] for c in COLUMNS) + " |",
-             "|---|" + "---:|" * len(COLUMNS)]
-    for name, m in rows.items():
-        cells = [fmt.format(m[k]) if k in m and math.isfinite(m[k]) else "-"
-                 for k, _, fmt in COLUMNS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def reference_systems(waves, logmel, n_fft, hop):
-    """The rows every later number is read against: transfer references (ground truth,
-    identity, wrong piece) and resynthesis references (Griffin-Lim of the ground truth's
-    log-mel); each is system(wave, source style, target style, piece) -> wave."""
-    ids = sorted({p for p, _ in waves})
-    generator = torch.Generator().manual_seed(0)
+# ---------------------------------------------------------------- systems
+def reference_systems(split, logmel, audio):
+    """The rows every other number is read against: ({transfer rows}, {resynthesis rows})."""
+    ids, waves = split.pieces, split.waves
 
     def griffin_lim_resynthesis(wave, src, tgt, piece):
-        target = waves[piece, tgt]
-        magnitude = logmel.mel_to_magnitude(logmel(target[None]))
-        return griffin_lim(magnitude, n_fft, hop, n_iter=64, length=len(target),
-                           generator=generator)[0]
+        magnitude = logmel.mel_to_magnitude(logmel(waves[piece, tgt][None]))
+        return griffin_lim(magnitude, audio.n_fft, audio.hop, n_iter=GRIFFIN_LIM_ITERS,
+                           length=len(wave), generator=torch.Generator().manual_seed(0))[0]
 
     return {
         "oracle (target-style ground truth)": lambda w, s, t, p: waves[p, t],
         "identity (source unchanged)": lambda w, s, t, p: w,
         "random target (other piece, target style)":
             lambda w, s, t, p: waves[ids[(ids.index(p) + 1) % len(ids)], t],
-    }, {"Griffin-Lim, 64 it. (ground-truth log-mel)": griffin_lim_resynthesis}
+    }, {f"Griffin-Lim, {GRIFFIN_LIM_ITERS} it. (ground-truth log-mel)": griffin_lim_resynthesis}
 
 
-def results_markdown(results):
-    """RESULTS.md from results.json: the machine, the command, the tables, the legend."""
-    if "test_set" not in results:           # only a sweep has been run
-        return (f"# Results\n\n{speed_markdown(results)}{inversion_markdown(results)}"
-                f"{sweep_markdown(results)}{METRICS_NOTE}\n")
-    t = results["test_set"]
-    floor = (f" FAD-C floor (the test ground truth against as many train-split pieces in "
-             f"the same styles): {results['fad_floor']:.2f}." if "fad_floor" in results else "")
-    reruns = "".join(f"Rows rescored by `{r['command']}` on {r['machine']}: "
-                     f"{', '.join(r['rows'])}.\n\n" for r in results.get("reruns", []))
-    return (f"# Results\n\nMade by `{results['command']}` on {results['machine']}.\n\n{reruns}"
-            f"## Transfer\n\nTest split: {t['pieces']} held-out pieces x {len(t['styles'])} "
-            f"styles ({', '.join(t['styles'])}), {t['seconds']:.0f} s each; every ordered "
-            f"pair of distinct styles, scored against the ground-truth rendering of the piece "
-            f"in the target style.{floor}\n\n{results_table(results['transfer'])}\n\n"
-            f"## Resynthesis (vocoders and round trips)\n\nEach test piece in each style, "
-            f"resynthesised from its own ground truth and scored against it.\n\n"
-            f"{results_table(results['resynthesis'])}\n\n{speed_markdown(results)}"
-            f"{inversion_markdown(results)}{sweep_markdown(results)}"
-            f"{METRICS_NOTE}\n")
+def transfer_system(models, sample_rate, **settings):
+    """The pipeline users run: transfer.transfer(wave, sr, target, **settings), models
+    loaded once (transfer.load_models). settings: its keyword arguments (strength, mode,
+    steps, guidance, warm_start, seed); none given means its defaults."""
+    def system(wave, src, tgt, piece):
+        out, _ = transfer_lib.transfer(wave.numpy(), sample_rate, tgt, models=models,
+                                       progress=False, **settings)
+        return torch.from_numpy(out)
+    return system
 
 
-def sweep_markdown(results):
-    """The LDM strength x guidance sweep (train.py --stage eval --sweep), if one was run."""
-    if "sweep" not in results:
-        return ""
-    sw = results["sweep"]
-    rows = {f"{r['mode']}, strength {r['strength']}, w = {r['guidance']}": r
-            for r in sw["rows"]}
-    return (f"## LDM sweep: strength x guidance\n\nMade by `{sw['command']}`: the first "
-            f"{sw['seconds']:.0f} s of {sw['pieces']} test pieces, every ordered style pair, "
-            f"{sw['rows'][0]['steps']} denoising steps, decoded through Griffin-Lim. The "
-            f"identity row on the same clips: chroma vs target "
-            f"{sw['identity']['content_target']:.3f}.\n\n{results_table(rows)}\n\n")
+def transfer_row_name(models, **settings):
+    s = dict(mode=transfer_lib.MODE, strength=transfer_lib.STRENGTH,
+             guidance=transfer_lib.GUIDANCE, steps=transfer_lib.STEPS, **settings)
+    vocoder = "GuideDiff" if models.vocoder is not None else "Griffin-Lim"
+    which = "transfer.py defaults" if not settings else "transfer.py"
+    return (f"{which}: LDM {s['mode']} (strength {s['strength']}, w={s['guidance']}, "
+            f"{s['steps']} steps) + {vocoder}")
 
 
-def inversion_markdown(results):
-    """The inversion round trips (train.py --stage eval --inversion), if they were run."""
-    if "inversion" not in results:
-        return ""
-    inv = results["inversion"]
-    names = {"off": "a U-Net call (`--warm-start off`)",
-             "previous": "the last step's estimate (`previous`)",
-             "extrapolate": "extrapolated from the last two (`extrapolate`, default)"}
-    lines = ["| first guess of each step's noise | U-Net calls (inversion) | round-trip error |",
-             "|---|---:|---:|"] + [f"| {names.get(k, k)} | {r['calls']} | {100 * r['error']:.2f}% |"
-                                   for k, r in inv["rows"].items()]
-    return (f"## DDIM inversion round trips\n\nMade by `{inv['command']}` on {inv['machine']}. "
-            f"{inv['latents']} test latents (4 s each) inverted under their own style to "
-            f"strength {inv['strength']} in {inv['steps']} steps with one refinement each, "
-            f"then regenerated under the same style; error: the norm of the difference over "
-            f"the latent's norm.\n\n" + "\n".join(lines) + "\n\n")
+def guidediff_systems(gd, logmel, device, steps_rows=VOCODER_STEPS,
+                      projection_rows=PROJECTION_ROWS):
+    """Resynthesis rows: GuideDiff from the ground-truth log-mel at each stored step count
+    (default projections), and at the default step count with other projection counts."""
+    def system(steps, projections):
+        def resynthesise(wave, src, tgt, piece):
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+                return gd.vocode(logmel(wave[None]), steps, length=len(wave),
+                                 generator=torch.Generator().manual_seed(0),
+                                 projections=projections)[0].float()
+        return resynthesise
+
+    def name(k, p):
+        return (f"GuideDiff, {k} step{'s' * (k > 1)}" +
+                (f" + {p} mel projections" if p else ", no mel projection") +
+                " (ground-truth log-mel)")
+    settings = [(k, gd.projections) for k in steps_rows if k in gd.schedules] + \
+        [(gd.default_steps, p) for p in projection_rows if p != gd.projections]
+    return {name(k, p): system(k, p) for k, p in settings}
 
 
-def speed_markdown(results):
-    """The speed table (train.py --stage eval --speed), if one was run."""
-    if "speed" not in results:
-        return ""
-    sp = results["speed"]
-    names = list(sp["rows"])
-    lines = ["| stage | GFLOP | " + " | ".join(f"RTF {n}" for n in names) + " |",
-             "|---|---:|" + "---:|" * len(names)]
-    for stage in sp["rows"][names[0]]["rtf"]:
-        cells = [f"{sp['rows'][n]['rtf'][stage]:.4f}" for n in names]
-        lines.append(f"| {stage} | {sp['flops'].get(stage, 0):.1f} | " + " | ".join(cells) + " |")
-    lines.append("| first call, seconds (warm-up; compilation) | | " + " | ".join(
-        f"{sp['rows'][n]['first_call']:.1f}" for n in names) + " |")
-    lines.append("| achieved GFLOP/s, end to end (share of matmul) | | " + " | ".join(
-        f"{r['gflops']:.0f} ({100 * r['gflops'] / r['ceiling']:.0f}%)"
-        for r in (sp["rows"][n] for n in names)) + " |")
-    return (f"## Speed\n\nMade by `{sp['command']}` on {sp['machine']}. The default transfer "
-            f"(`transfer.transfer`, as `python transfer.py` runs it) of the first "
-            f"{sp['seconds']:.0f} s of a test piece, {sp['source']} to {sp['target']}; "
-            f"real-time factor (compute seconds per second of audio) of each stage, median "
-            f"of the runs after a first one. GFLOP: matmuls, convolutions and attention "
-            f"counted by torch's FlopCounterMode. Matmul ceiling: "
-            f"{sp['ceiling']['fp32']:.0f} GFLOP/s fp32, {sp['ceiling']['bf16']:.0f} bf16."
-            f"\n\n" + "\n".join(lines) + "\n\n")
+def round_trip_systems(models):
+    """Resynthesis rows: the autoencoder's round trip, heard through Griffin-Lim and through
+    the pipeline's vocoder (transfer.vocode)."""
+    def system(vocoder):
+        @torch.no_grad()
+        def round_trip(wave, src, tgt, piece):
+            spec = models.logmel(wave[None])
+            z = models.autoencoder.encode(spec).mode()
+            recon = models.autoencoder.decode(z, length=spec.shape[-1])
+            saved = models.vocoder
+            models.vocoder = vocoder
+            try:
+                return transfer_lib.vocode(models, recon, len(wave))[0].float()
+            finally:
+                models.vocoder = saved
+        return round_trip
+    rows = {f"autoencoder round trip + Griffin-Lim {GRIFFIN_LIM_ITERS} it.": system(None)}
+    if models.vocoder is not None:
+        rows["autoencoder round trip + GuideDiff"] = system(models.vocoder)
+    return rows
 
 
-METRICS_NOTE = """- *style acc.*: the style classifier (`evaluate.StyleClassifier`, trained on the
-  train split) names the target style.
-- *content vs target / source*: mean frame-wise cosine of 12-bin chroma against the
-  ground truth in the target style / the source; 1 means the same notes.
-- *FAD-C*: Frechet distance between classifier embeddings of the outputs and of the
-  ground-truth renderings in the target style, per target style, averaged. The usual
-  VGGish embedding (FAD) cannot be downloaded here, so this uses the project's own
-  classifier: compare values within this table only.
-- *log-mel L1, MR-STFT, LSD*: spectral distances to the ground truth in the target style.
-- *RTF*: compute seconds per second of audio (lower is faster), on the machine above."""
+def baseline_systems(ckpt_dir, cfg, logmel, split):
+    """({row: system} for transfer, {row: system} for resynthesis) of the trained baselines."""
+    transfer, resynthesis = {}, {}
+    for name in baselines.NAMES:
+        m = baselines.module(name)
+        (transfer if m.KIND == "transfer" else resynthesis).update(
+            m.systems(ckpt_dir, cfg, logmel, split.styles, split.waves))
+    return transfer, resynthesis
+
+
+# ---------------------------------------------------------------- scoring
+def set_distances(emb_out, emb_ref, basis):
+    """(FAD-C in the PCA basis, KID) between two sets of embeddings of equal size."""
+    mean, components = basis
+    return (metrics.frechet_distance((emb_out - mean) @ components, (emb_ref - mean) @ components),
+            metrics.kernel_inception_distance(emb_out, emb_ref))
+
+
+@torch.no_grad()
+def score_system(system, split, judge, resynthesis=False):
+    """Score `system` on every piece of the split and every ordered pair of distinct styles
+    (resynthesis: every style to itself, no content-vs-source column). A system with a
+    .pairs attribute (a set of (source, target)) is scored on those pairs only.
+
+    Per output: style accuracy, chroma against the target's ground truth and the source,
+    notes kept (chroma against the score), spectral distances. Per style pair: FAD-C and
+    KID between the outputs' window embeddings and the target's ground truth in the same
+    pieces: the same number of distinct embeddings on both sides; then averaged over pairs."""
+    stats = {k: [] for k in ("correct", "content_target", "content_source", "notes_kept",
+                             "logmel_l1", "mrstft", "lsd")}
+    sets, compute, audio_seconds = {}, 0.0, 0.0
+    pairs, sr = getattr(system, "pairs", None), judge.sample_rate
+    for piece in split.pieces:
+        for src in split.styles:
+            for tgt in ([src] if resynthesis else [t for t in split.styles if t != src]):
+                if pairs is not None and (src, tgt) not in pairs:
+                    continue
+                t0 = time.perf_counter()
+                out = system(split.waves[piece, src], src, tgt, piece)
+                seconds = time.perf_counter() - t0
+                if isinstance(out, tuple):      # a system that shares work between calls
+                    out, seconds = out          # reports each output's share of it
+                compute += seconds
+                out, ref = metrics.crop_pair(out[None].float(), split.waves[piece, tgt][None])
+                source = split.waves[piece, src][None]
+                spec_out = judge.logmel(out)
+                label = judge.classifier(spec_out).argmax(-1).item()
+                stats["correct"].append(float(label == split.styles.index(tgt)))
+                emb = sets.setdefault((src, tgt), ([], []))
+                emb[0].append(judge.embed(out[0]))
+                emb[1].append(judge.embed(ref[0]))
+                stats["content_target"].append(metrics.content_similarity(out, ref, sr).item())
+                stats["content_source"].append(metrics.content_similarity(out, source, sr).item())
+                roll = metrics.pitch_class_roll(judge.scores[piece],
+                                                metrics.chroma(out, sr).shape[-1], sr)
+                stats["notes_kept"].append(metrics.notes_kept(out, roll, sr).item())
+                stats["logmel_l1"].append(metrics.logmel_l1(spec_out, judge.logmel(ref)).item())
+                stats["mrstft"].append(mrstft_distance(ref, out).item())
+                stats["lsd"].append(metrics.log_spectral_distance(ref, out).item())
+                audio_seconds += ref.shape[-1] / sr
+    result = {k: float(np.mean(v)) for k, v in stats.items()}
+    result["style_accuracy"] = 100 * result.pop("correct")
+    if resynthesis:
+        result.pop("content_source")
+    fad, kid = zip(*(set_distances(np.concatenate(o), np.concatenate(r), judge.basis)
+                     for o, r in sets.values()))
+    result.update(fad_c=float(np.mean(fad)), kid=float(np.mean(kid)),
+                  set_size=len(np.concatenate(next(iter(sets.values()))[0])),
+                  rtf=compute / audio_seconds, outputs=len(stats["lsd"]))
+    return result
+
+
+def fad_basis_and_floor(test, train, judge):
+    """The PCA basis of FAD-C (fitted on the train split's ground truth, all styles) and the
+    floor: FAD-C and KID between the test and train ground truth of each style, as many
+    pieces on both sides, averaged over styles: what two honest samples of a style score."""
+    emb = {k: judge.embed(w) for k, w in train.waves.items()}
+    judge.basis = metrics.pca_basis(np.concatenate(list(emb.values())), FAD_DIMS)
+    fad, kid = zip(*(set_distances(
+        np.concatenate([judge.embed(w) for (_, s), w in test.waves.items() if s == style]),
+        np.concatenate([e for (_, s), e in emb.items() if s == style]), judge.basis)
+        for style in test.styles))
+    return dict(fad_c=float(np.mean(fad)), kid=float(np.mean(kid)), dims=FAD_DIMS)
+
+
+def score_rows(systems, split, judge, resynthesis=False, references=()):
+    rows = {}
+    for name, system in tqdm(systems.items(), desc=f"scoring on {split.name}"):
+        rows[name] = score_system(system, split, judge, resynthesis)
+        if name in references:              # returning stored audio costs nothing
+            rows[name].pop("rtf")
+    return rows
+
+
+# ---------------------------------------------------------------- tuning (val)
+@torch.no_grad()
+def inversion_round_trips(models, split, strength=transfer_lib.STRENGTH,
+                          steps=transfer_lib.STEPS, seconds=4.0):
+    """How exact each first guess of diffusion.ddim_invert is on the trained model: invert
+    the first `seconds` of every clip under its own style (one refinement a step, as
+    transfer.py does), regenerate under the same style, and measure the latent's relative
+    error and the U-Net calls."""
+    ldm, ae, sr = models.ldm, models.autoencoder, models.cfg.audio.sample_rate
+    keys = sorted(split.waves)
+    spec = torch.cat([models.logmel(split.waves[k][None, :int(seconds * sr)]) for k in keys])
+    z = ae.encode(spec).mode() * models.latent_scale
+    context = ldm.style.from_labels(torch.tensor([models.styles.index(s) for _, s in keys]))
+    t_end = int(round(strength * (ldm.sched.T - 1)))
+    calls, rows = [], {}
+
+    def unet(*a):
+        calls.append(1)
+        return ldm.unet(*a)
+    for warm_start in tqdm(diffusion.WARM_STARTS, desc="inversion round trips"):
+        calls.clear()
+        with torch.autocast(z.device.type, dtype=torch.bfloat16):
+            x_t = diffusion.ddim_invert(unet, ldm.sched, z, context, steps, t_end,
+                                        prediction=ldm.c.prediction, fixed_point_iters=1,
+                                        warm_start=warm_start)
+            n_calls = len(calls)
+            back = diffusion.ddim_sample(ldm.unet, ldm.sched, x_t.float(), context, steps,
+                                         t_start=t_end, prediction=ldm.c.prediction).float()
+        rows[warm_start] = dict(calls=n_calls, error=((back - z).norm() / z.norm()).item())
+    return dict(rows=rows, latents=len(keys), steps=steps, strength=strength, seconds=seconds)
+
+
+def sweep(models, split, judge):
+    """The strength x guidance grid of both modes, each setting the transfer() users run;
+    rows of results["sweep"], with the identity on the same clips and the pick."""
+    sr = models.cfg.audio.sample_rate
+    settings = [dict(mode=m, strength=s, guidance=g)
+                for m in SWEEP["mode"] for s in SWEEP["strength"] for g in SWEEP["guidance"]]
+    rows = [dict(s, **score_system(transfer_system(models, sr, **s), split, judge))
+            for s in tqdm(settings, desc=f"sweep on {split.name}")]
+    identity = score_system(lambda w, s, t, p: w, split, judge)
+    return dict(rows=rows, identity=identity, pick=best_setting(rows, identity),
+                pieces=len(split.pieces), seconds=len(next(iter(split.waves.values()))) / sr)
+
+
+NOTES_MARGIN = 0.02      # a setting may keep this much fewer notes than the identity does
+
+
+def best_setting(rows, identity):
+    """The highest style accuracy among settings that keep the notes (notes kept within
+    NOTES_MARGIN of the unchanged source's); if none does, the most notes kept."""
+    ok = [r for r in rows if r["notes_kept"] >= identity["notes_kept"] - NOTES_MARGIN]
+    best = max(ok, key=lambda r: (r["style_accuracy"], r["notes_kept"])) if ok else \
+        max(rows, key=lambda r: r["notes_kept"])
+    return {k: best[k] for k in ("mode", "strength", "guidance")}
+
+
+# ---------------------------------------------------------------- speed
+SPEED_SECONDS = 10.0        # the clip the speed table times (a test piece's first 10 s)
+SPEED_REPEATS = 3
+
+
+def speed_table(ckpt_dir, device, split):
+    """Real-time factor of transfer.transfer, per stage and end to end, on SPEED_SECONDS of
+    a test piece at the default settings: eager vs torch.compile, fp32 vs bf16 autocast,
+    each the median of SPEED_REPEATS runs after a first (warm-up, compiling) run. The FLOPs
+    of each stage are counted once; achieved FLOP/s is set against this machine's matmul
+    throughput, measured in the same run."""
+    source, target = split.styles[0], split.styles[-1]
+    models = transfer_lib.load_models(ckpt_dir, device=device, bf16=False)
+    sr = models.cfg.audio.sample_rate
+    wave = split.waves[split.pieces[0], source][:int(SPEED_SECONDS * sr)].numpy()
+
+    def run(models, stopwatch=transfer_lib.no_stopwatch):
+        transfer_lib.transfer(wave, sr, target, models=models, progress=False,
+                              stopwatch=stopwatch)
+
+    with metrics.flop_counter() as counter:
+        watch = transfer_lib.Stopwatch(device, counter)
+        run(models, watch)
+    flops = dict(watch.flops, **{"end to end": counter.get_total_flops()})
+    ceiling = {"fp32": metrics.matmul_gflops(device=device),
+               "bf16": metrics.matmul_gflops(dtype=torch.bfloat16, device=device)}
+    rows = {}
+    for compiled in (False, True):
+        for precision in ("fp32", "bf16"):
+            name = f"{'compiled' if compiled else 'eager'}, {precision}"
+            models = transfer_lib.load_models(ckpt_dir, device=device, compile=compiled,
+                                              bf16=precision == "bf16")
+            t0 = time.perf_counter()
+            run(models)
+            first = time.perf_counter() - t0
+            times = []
+            for _ in tqdm(range(SPEED_REPEATS), desc=f"speed: {name}", leave=False):
+                watch = transfer_lib.Stopwatch(device)
+                t0 = time.perf_counter()
+                run(models, watch)
+                times.append(dict(watch.seconds, **{"end to end": time.perf_counter() - t0}))
+            rtf = {k: float(np.median([t[k] for t in times])) / SPEED_SECONDS for k in times[0]}
+            rows[name] = dict(rtf=rtf, first_call=first, gflops=flops["end to end"] / 1e9 / (
+                rtf["end to end"] * SPEED_SECONDS), ceiling=ceiling[precision])
+    return dict(seconds=SPEED_SECONDS, source=source, target=target,
+                flops={k: v / 1e9 for k, v in flops.items()}, rows=rows, ceiling=ceiling)
+
+
+# ---------------------------------------------------------------- the run
+@dataclass
+class EvalOptions:
+    """What `python train.py --stage eval` passes on."""
+    data: str = "data/builtin"
+    ckpt_dir: str = "checkpoints"
+    device: str = "cpu"
+    pieces: int = None          # None: every piece of the split
+    rows: str = None            # development: score only rows matching this regex ...
+    split: str = "test"         # ... on this split; written to rows.json, never results.json
+    speed: bool = True          # the speed table (about 5 minutes)
+
+
+def evaluate(opts, command):
+    """One full evaluation (or, with opts.rows, some rows on opts.split): the results dict
+    that report.save turns into results.json and RESULTS.md."""
+    t_start = time.perf_counter()
+    provenance = report.provenance(command, opts.ckpt_dir)
+    if opts.split != "test" and not opts.rows:
+        raise ValueError("the report is scored on the test split; --split is for --rows "
+                         "(development runs)")
+    classifier, styles, cfg = load_classifier(opts.ckpt_dir)
+    sr = cfg.audio.sample_rate
+    logmel = LogMel(**asdict(cfg.audio))
+    judge = Judge(classifier, logmel, sr, load_scores(opts.data))
+    main = load_split(opts.data, opts.split, sr, styles, opts.pieces)
+    train = load_split(opts.data, "train", sr, styles, len(main.pieces))
+    floor = fad_basis_and_floor(main, train, judge)
+    models = transfer_lib.load_models(opts.ckpt_dir, device=opts.device)
+    transfer_rows, resynthesis_rows = reference_systems(main, logmel, cfg.audio)
+    references = set(transfer_rows)         # stored audio: no compute to time
+    transfer_rows[transfer_row_name(models)] = transfer_system(models, sr)
+    base_transfer, base_resynthesis = baseline_systems(opts.ckpt_dir, cfg, logmel, main)
+    transfer_rows.update(base_transfer)
+    resynthesis_rows.update(round_trip_systems(models))
+    if models.vocoder is not None:
+        gd = models.vocoder
+        resynthesis_rows.update(guidediff_systems(gd, logmel, opts.device, [gd.default_steps], []))
+    resynthesis_rows.update(base_resynthesis)
+    if opts.rows:
+        names = [n for n in list(transfer_rows) + list(resynthesis_rows) if re.search(opts.rows, n)]
+        if not names:
+            raise ValueError(f"--rows {opts.rows!r} matches no row; rows: "
+                             f"{', '.join(list(transfer_rows) + list(resynthesis_rows))}")
+        transfer_rows = {k: v for k, v in transfer_rows.items() if k in names}
+        resynthesis_rows = {k: v for k, v in resynthesis_rows.items() if k in names}
+    results = dict(provenance, split=split_summary(main, sr), fad_floor=floor,
+                   transfer=score_rows(transfer_rows, main, judge, False, references),
+                   resynthesis=score_rows(resynthesis_rows, main, judge, True, references))
+    if not opts.rows:                       # tuning tables on val, then the speed table
+        val = load_split(opts.data, "val", sr, styles)
+        tuning = dict(split=split_summary(val, sr))
+        if models.vocoder is not None:
+            tuning["vocoder"] = score_rows(guidediff_systems(models.vocoder, logmel,
+                                                             opts.device), val, judge, True)
+        short = load_split(opts.data, "val", sr, styles, pieces=3)
+        tuning["inversion"] = inversion_round_trips(models, short)
+        results["tuning"] = tuning
+        if opts.speed:
+            results["speed"] = speed_table(opts.ckpt_dir, opts.device, main)
+    results["wall_seconds"] = time.perf_counter() - t_start
+    return results
+
+
+def evaluate_sweep(opts, command, pieces=2, seconds=4.0):
+    """The LDM sweep on the first `seconds` of `pieces` val pieces (results/sweep.json)."""
+    t_start = time.perf_counter()
+    provenance = report.provenance(command, opts.ckpt_dir)
+    classifier, styles, cfg = load_classifier(opts.ckpt_dir)
+    sr = cfg.audio.sample_rate
+    judge = Judge(classifier, LogMel(**asdict(cfg.audio)), sr, load_scores(opts.data))
+    val = load_split(opts.data, "val", sr, styles, opts.pieces or pieces, seconds)
+    fad_basis_and_floor(val, load_split(opts.data, "train", sr, styles, len(val.pieces),
+                                        seconds), judge)
+    models = transfer_lib.load_models(opts.ckpt_dir, device=opts.device)
+    return dict(provenance, sweep=sweep(models, val, judge),
+                wall_seconds=time.perf_counter() - t_start)
+
+
+def split_summary(split, sample_rate):
+    return dict(name=split.name, pieces=len(split.pieces), styles=split.styles,
+                seconds=len(next(iter(split.waves.values()))) / sample_rate)

@@ -254,3 +254,37 @@ def from_checkpoint(ckpt):
         {model.default_steps: candidate_schedules(model.default_steps)[0]}
     model.searched = "schedules" in ckpt
     return model
+
+
+class GuideDiffTraining(nn.Module):
+    """GuideDiff + the log-mel front end; forward returns the loss (one forward for DDP)."""
+
+    def __init__(self, model, logmel, c):
+        super().__init__()
+        self.model, self.logmel, self.c = model, logmel, c
+
+    def forward(self, wave):
+        return training_loss(self.model, wave, self.logmel(wave), self.logmel,
+                                       self.c.p_pure_noise, self.c.mel_weight)
+
+
+def score_vocoder(model, specs, waves, logmel, noise_levels, batch=8):
+    """(log-mel L1, MR-STFT distance) of GuideDiff's output against the true waves;
+    fixed noise, so that schedules and checkpoints compare fairly."""
+    generator = torch.Generator().manual_seed(0)
+    out = torch.cat([model.vocode(s, noise_levels=noise_levels, generator=generator,
+                                  length=w.shape[-1])
+                     for s, w in zip(specs.split(batch), waves.split(batch))])
+    return ((logmel(out) - specs).abs().mean().item(),
+            mrstft_distance(waves, out).mean().item())
+
+
+def search_schedules(model, specs, waves, logmel, step_counts):
+    """The few-step schedules: for each step count, the candidate noise levels with the
+    lowest log-mel L1 + MR-STFT on the validation clips (stored in the checkpoint)."""
+    found = {}
+    for k in step_counts:
+        scored = [(sum(score_vocoder(model, specs, waves, logmel, levels)), levels)
+                  for levels in candidate_schedules(k)]
+        found[k] = min(scored)[1]
+    return found

@@ -17,7 +17,8 @@ Each module defines
         evaluate.score_system, or {} when its checkpoint is missing; waves are the test clips
         ({(piece, style): wave}) the rows will be asked for. A transfer system may set .pairs (a set of
         (source, target) style pairs) to be scored on those pairs only.
-`kit` carries train.py's shared pieces (train_loop, audio_splits, setup_distributed), so
+`kit` carries train.py's shared pieces (train_loop, its options from args, audio_splits,
+setup_distributed), so
 that no module here imports an entry point.
 """
 import importlib

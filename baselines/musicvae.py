@@ -106,7 +106,7 @@ def train(args, cfg, kit):
         return {"val_l1": (recon - val_specs).abs().mean().item(),
                 "val_kl": (posterior.kl().mean() / val_specs[0].numel()).item()}
 
-    ema = kit.train_loop(model, loss_fn, train_set, c, args, "baselines/musicvae", validate,
+    ema = kit.train_loop(model, loss_fn, train_set, c, kit.options(args), "baselines/musicvae", validate,
                          extra=lambda ema: dict(config=config.config_to_dict(cfg),
                                                 styles=train_set.styles))
     if rank == 0:

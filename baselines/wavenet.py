@@ -221,7 +221,7 @@ def train_vocoder(name, build_model, c, args, cfg, kit):
     def extra(ema):
         return dict(config=config.config_to_dict(cfg), styles=train_set.styles)
 
-    ema = kit.train_loop(model, loss_fn, train_set, c, args, f"baselines/{name}", validate,
+    ema = kit.train_loop(model, loss_fn, train_set, c, kit.options(args), f"baselines/{name}", validate,
                          extra)
     if rank == 0:
         n = sum(p.numel() for p in ema.parameters())

@@ -150,7 +150,8 @@ def test_train_then_systems_end_to_end(tmp_path, name):
                               batch_size=None, seed=0, resume=False, bf16=False,
                               ckpt_dir=str(tmp_path / "ckpt"), runs=str(tmp_path / "runs"),
                               val_every=100, save_every=100)
-    kit = argparse.Namespace(train_loop=train.train_loop, audio_splits=train.audio_splits,
+    kit = argparse.Namespace(train_loop=train.train_loop, options=train.LoopOptions.from_args,
+                             audio_splits=train.audio_splits,
                              setup_distributed=train.setup_distributed)
     cfg = _tiny_cfg()
     module = {"cyclegan": cyclegan, "unit": unit, "musicvae": musicvae}[name]

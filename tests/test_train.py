@@ -1,10 +1,10 @@
 """Tests for the shared training loop in train.py: exact resume, DDP gradients, batches."""
-import argparse
 import json
 import os
 import socket
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -42,10 +42,9 @@ class TinyConfig:
 
 
 def _args(tmp_path, **kw):
-    base = dict(device="cpu", steps=None, batch_size=None, seed=3, resume=False, bf16=False,
-                ckpt_dir=str(tmp_path / "ckpt"), runs=str(tmp_path / "runs"), val_every=100,
-                save_every=100, init=None, lr=None)
-    return argparse.Namespace(**dict(base, **kw))
+    return train.LoopOptions(**dict(dict(seed=3, ckpt_dir=str(tmp_path / "ckpt"),
+                                         runs=str(tmp_path / "runs"), val_every=100,
+                                         save_every=100), **kw))
 
 
 def _loss(model, batch, step):
@@ -115,6 +114,23 @@ def test_init_starts_from_a_checkpoint_and_lr_overrides(tmp_path):
     wide = torch.nn.Sequential(torch.nn.Linear(5, 32), torch.nn.SiLU(), torch.nn.Linear(32, 2))
     with pytest.raises(ValueError, match="does not fit"):
         train.train_loop(wide, _loss, ds, c, _args(tmp_path / "c", init=str(path)), "toy")
+
+
+def test_ema_warm_up_forgets_the_initialisation(tmp_path):
+    """With decay 0.999 the EMA of a 20-step run would still be 98% initial weights; the
+    warm-up min(decay, (1 + step) / (10 + step)) keeps only prod of the early decays."""
+    assert [train.ema_decay(s, 0.999) for s in (0, 1, 10)] == [0.1, 2 / 11, 11 / 20]
+    assert train.ema_decay(10 ** 6, 0.999) == 0.999
+    ds, c = NoisyRegression(), TinyConfig(ema=0.999, steps=20, grad_accum=1)
+    init = _model()
+    model = _model()
+    ema = train.train_loop(model, _loss, ds, c, _args(tmp_path), "toy")
+    share = np.prod([train.ema_decay(s, c.ema) for s in range(c.steps)])
+    assert share < 0.01                     # 0.999 ** 20 = 0.98 without the warm-up
+    moved = (model[0].weight - init[0].weight).norm()
+    assert moved > 0.05
+    # The EMA sits near the trained weights, not near the initial ones.
+    assert (ema[0].weight - model[0].weight).norm() < 0.6 * moved
 
 
 def test_get_batch_is_pure_and_covers_an_epoch():
