@@ -109,7 +109,6 @@ STYLES = {
     "electronic": dict(melody=(0, 81), chords=(0, 89, "sustain"), bass=(0, 38, "offbeat"),
                        drums="electro"),
 }
-INSTRUMENTS = {"melody": "melody", "chords": "chords", "bass": "bass"}
 PART_GAIN = {"melody": 1.0, "chords": 0.5, "bass": 0.7, "drums": 0.6}
 GM_DRUMS = {"kick": 36, "snare": 38, "clap": 39, "hat": 42, "open_hat": 46, "crash": 49}
 

@@ -2,7 +2,8 @@
 
 Follows Ho et al. 2020 (DDPM), Song et al. 2021 (DDIM), Nichol & Dhariwal 2021 (cosine
 schedule), Salimans & Ho 2022 (v-prediction), Lin et al. 2024 (zero terminal SNR, trailing
-timesteps), Meng et al. 2022 (SDEdit) and Ho & Salimans 2022 (classifier-free guidance);
+timesteps), Meng et al. 2022 (SDEdit), Ho & Salimans 2022 (classifier-free guidance) and Bar-Tal et
+al. 2023 (MultiDiffusion: a model of windows run over inputs of any length);
 names follow openai/improved-diffusion. A model is any callable
 model(x_t, t, context) -> prediction of eps or v, shaped like x_t.
 
@@ -49,15 +50,10 @@ class Schedule:
                                               self.alphas_cumprod[:-1]])
         self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
         self.sqrt_one_minus_alphas_cumprod = (1 - self.alphas_cumprod).sqrt()
-        # q(x_{t-1} | x_t, x_0) = N(coef1 x_0 + coef2 x_t, posterior_variance)  (DDPM eq. 7)
+        # The variance of q(x_{t-1} | x_t, x_0) (DDPM eq. 7): DDIM's sigma at eta = 1 (its
+        # eq. 16) equals it, which is how ddpm_sample is DDIM with eta = 1 (tested).
         self.posterior_variance = (self.betas * (1 - self.alphas_cumprod_prev)
                                    / (1 - self.alphas_cumprod))
-        self.posterior_log_variance_clipped = torch.log(torch.cat(
-            [self.posterior_variance[1:2], self.posterior_variance[1:]]))
-        self.posterior_mean_coef1 = (self.betas * self.alphas_cumprod_prev.sqrt()
-                                     / (1 - self.alphas_cumprod))
-        self.posterior_mean_coef2 = ((1 - self.alphas_cumprod_prev) * self.alphas.sqrt()
-                                     / (1 - self.alphas_cumprod))
 
 
 def make_schedule(kind="cosine", T=1000, zero_terminal_snr=True):
@@ -81,11 +77,6 @@ def q_sample(sched, x0, t, noise):
 def predict_x0_from_eps(sched, x_t, t, eps):
     return (x_t - _at(sched.sqrt_one_minus_alphas_cumprod, t, x_t) * eps) / \
         _at(sched.sqrt_alphas_cumprod, t, x_t)
-
-
-def predict_eps_from_x0(sched, x_t, t, x0):
-    return (x_t - _at(sched.sqrt_alphas_cumprod, t, x_t) * x0) / \
-        _at(sched.sqrt_one_minus_alphas_cumprod, t, x_t)
 
 
 def v_target(sched, x0, eps, t):
@@ -116,11 +107,6 @@ def training_loss(sched, model, x0, context, prediction="v", generator=None, t=N
     x_t = q_sample(sched, x0, t, noise)
     target = v_target(sched, x0, noise, t) if prediction == "v" else noise
     return (model(x_t, t, context) - target).pow(2).mean()
-
-
-def q_posterior_mean_variance(sched, x0, x_t, t):
-    mean = _at(sched.posterior_mean_coef1, t, x_t) * x0 + _at(sched.posterior_mean_coef2, t, x_t) * x_t
-    return mean, _at(sched.posterior_variance, t, x_t), _at(sched.posterior_log_variance_clipped, t, x_t)
 
 
 # ---------------------------------------------------------------- guidance and samplers
@@ -268,3 +254,48 @@ def transfer(model, sched, x_src, context_tgt, steps, strength=0.6, mode="sdedit
     return ddim_sample(model, sched, x_t, context_tgt, steps, guidance=guidance,
                        null_context=null_context, t_start=t_start, generator=generator,
                        prediction=prediction, progress=progress)
+
+
+# ---------------------------------------------------------------- long inputs: MultiDiffusion
+def window_starts(length, window, overlap):
+    """Starts of windows every window - overlap frames, the last one flush with the end."""
+    if length <= window:
+        return [0]
+    return list(range(0, length - window, window - overlap)) + [length - window]
+
+
+def window_weights(window, overlap):
+    """(window,) weights rising over the first `overlap` frames and falling over the last:
+    a frame is mostly predicted by the window it sits in the middle of. Never zero, so the
+    song's first and last frames (one window each) are defined."""
+    i = torch.arange(window, dtype=torch.float32)
+    return (torch.minimum(i + 1, window - i) / (overlap + 1)).clamp(max=1.0)
+
+
+def windowed(unet_model, length, window, overlap, batch=16, bf16=True):
+    """A model(x_t, t, context) over whole songs (B, C, F, length) built from a U-Net that
+    sees windows: every window of every item in one batch (in chunks of `batch`), the
+    predictions blended by window_weights. The DDIM step is affine in the prediction for a
+    shared x_t, so blending predictions is MultiDiffusion's blending of the next latents."""
+    starts = window_starts(length, window, overlap)
+    w = min(window, length)
+    weights = window_weights(w, overlap)                                    # (w,)
+    total = torch.zeros(length)
+    for s in starts:
+        total[s:s + w] += weights
+
+    def model(x_t, t, context):
+        B, n = x_t.shape[0], len(starts)
+        crops = torch.stack([x_t[..., s:s + w] for s in starts], 1).flatten(0, 1)  # (B n, C, F, w)
+        t, context = t.repeat_interleave(n), context.repeat_interleave(n, 0)
+        size = -(-len(crops) // -(-len(crops) // batch))   # even chunks of at most batch
+        with torch.autocast(x_t.device.type, dtype=torch.bfloat16, enabled=bf16):
+            pred = torch.cat([unet_model(crops[i:i + size], t[i:i + size], context[i:i + size])
+                              .float() for i in range(0, len(crops), size)])
+        pred = pred.view(B, n, *crops.shape[1:]) * weights.to(pred)        # (B, n, C, F, w)
+        blended = torch.zeros_like(x_t)
+        for k, s in enumerate(starts):
+            blended[..., s:s + w] += pred[:, k]
+        return blended / total.to(blended)                                  # (B, C, F, length)
+
+    return model

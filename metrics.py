@@ -61,11 +61,6 @@ def window_embeddings(classifier, logmel, wave, window):
     return classifier.embed(logmel(chunks)).numpy()
 
 
-def style_accuracy(logits, target):
-    """Fraction of items whose predicted style is the target style."""
-    return (logits.argmax(dim=-1) == target).float().mean().item()
-
-
 # ---------------------------------------------------------------- distances between sets
 def frechet_distance(emb_a, emb_b, eps=1e-6):
     """|mu_a - mu_b|^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2)) between two sets of embeddings.

@@ -53,8 +53,9 @@ def provenance(command, ckpt_dir):
 
 def save(results, out_dir, kind="results"):
     """Write KIND.json and its Markdown, each to a temporary file and renamed; return the
-    Markdown. kind: "results" (RESULTS.md), "sweep" (SWEEP.md) or "rows" (a development
-    run of some rows: rows.json only, its tables returned)."""
+    Markdown. kind: "results" (RESULTS.md, and the README's block when out_dir is this
+    checkout's results/), "sweep" (SWEEP.md) or "rows" (a development run of some rows:
+    rows.json only, its tables returned)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     text = {"results": results_markdown, "sweep": sweep_markdown}.get(kind, rows_markdown)(results)
@@ -65,6 +66,9 @@ def save(results, out_dir, kind="results"):
         tmp = out_dir / (name + ".tmp")
         tmp.write_text(content)
         os.replace(tmp, out_dir / name)
+    here = Path(__file__).resolve().parent
+    if kind == "results" and out_dir.resolve() == here / "results":
+        update_readme(here / "README.md", results)
     return text
 
 
@@ -143,6 +147,44 @@ def results_markdown(r):
     return text + METRICS_NOTE + "\n"
 
 
+SUMMARY_COLUMNS = [c for c in COLUMNS if c[0] in ("style_accuracy", "notes_kept", "content_target",
+                                                  "fad_c", "kid", "mrstft", "rtf", "outputs")]
+README_BEGIN, README_END = "<!-- results: written by train.py --stage eval -->", "<!-- /results -->"
+
+
+def summary_markdown(r):
+    """The README's few rows: the references, the default transfer, the baselines' best,
+    and the vocoders, at the run's commit (the full tables are in RESULTS.md)."""
+    def pick(table, *starts):
+        return {k: v for k, v in r[table].items() if k.startswith(starts)}
+    transfer = pick("transfer", "oracle", "identity", "transfer.py defaults", "CycleGAN",
+                    "MusicVAE")
+    resynthesis = pick("resynthesis", "Griffin-Lim", "GuideDiff", "autoencoder round trip + G")
+    s = r["split"]
+    return (f"From `{r['command']}` at commit `{r['commit'][:12]}` on {machine_line(r)} "
+            f"({r['wall_seconds'] / 60:.0f} minutes); {split_line(s)}, all "
+            f"{len(s['styles']) * (len(s['styles']) - 1)} ordered style pairs. FAD-C floor "
+            f"{r['fad_floor']['fad_c']:.2f}, KID floor {r['fad_floor']['kid']:.1f}.\n\n"
+            f"{results_table(transfer, SUMMARY_COLUMNS)}\n\n"
+            f"{results_table(resynthesis, SUMMARY_COLUMNS)}\n")
+
+
+def update_readme(path, r):
+    """Replace the README's results block (between README_BEGIN and README_END) with
+    summary_markdown(r); a README without the markers is left alone. Returns whether it
+    was written."""
+    path = Path(path)
+    text = path.read_text() if path.is_file() else ""
+    if README_BEGIN not in text or README_END not in text:
+        return False
+    head, rest = text.split(README_BEGIN, 1)
+    tail = rest.split(README_END, 1)[1]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{head}{README_BEGIN}\n{summary_markdown(r)}{README_END}{tail}")
+    os.replace(tmp, path)
+    return True
+
+
 def rows_markdown(r):
     return f"{results_table(r['transfer'])}\n\n{results_table(r['resynthesis'])}\n"
 
@@ -192,8 +234,8 @@ def sweep_markdown(r):
     return (header(r, "LDM sweep: strength x guidance (validation split)") +
             f"The first {sw['seconds']:.0f} s of {sw['pieces']} val pieces, every ordered "
             f"style pair, each setting run through `transfer.transfer()` (its other defaults). "
-            f"Pick: the highest style accuracy among settings whose notes kept is within 0.02 "
-            f"of the identity's: **{pick['mode']}, strength {pick['strength']}, "
+            f"Pick: of the settings with at least 95% style accuracy, the one that keeps the "
+            f"most notes: **{pick['mode']}, strength {pick['strength']}, "
             f"w = {pick['guidance']}**.\n\n{results_table(rows, first='setting')}\n\n"
             + METRICS_NOTE + "\n")
 

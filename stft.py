@@ -221,11 +221,11 @@ def griffin_lim(magnitude, n_fft, hop, n_iter=64, momentum=0.99, win_length=None
     return istft(magnitude * angles, n_fft, hop, length=length, window=window)
 
 
-def spectral_convergence(magnitude_ref, magnitude_est):
+def spectral_convergence(magnitude_ref, magnitude_est, eps=1e-5):
     """||ref - est||_F / ||ref||_F over the last two dims (F, T); lower is better."""
     dims = (-2, -1)
     return (torch.linalg.norm(magnitude_ref - magnitude_est, dim=dims)
-            / torch.linalg.norm(magnitude_ref, dim=dims))
+            / torch.linalg.norm(magnitude_ref, dim=dims).clamp_min(eps))
 
 
 def mrstft_distance(wave_ref, wave_est, resolutions=((512, 128), (1024, 256), (2048, 512)),
@@ -237,7 +237,7 @@ def mrstft_distance(wave_ref, wave_est, resolutions=((512, 128), (1024, 256), (2
     total = 0.0
     for n_fft, hop in resolutions:
         ref, est = stft(wave_ref, n_fft, hop).abs(), stft(wave_est, n_fft, hop).abs()
-        sc = (ref - est).norm(dim=(-2, -1)) / ref.norm(dim=(-2, -1)).clamp_min(eps)
+        sc = spectral_convergence(ref, est, eps)
         log_mag = (ref.clamp_min(eps).log() - est.clamp_min(eps).log()).abs().mean(dim=(-2, -1))
         total = total + sc + log_mag
     return total / len(resolutions)

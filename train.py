@@ -225,17 +225,15 @@ def audio_splits(args, cfg, clip_seconds, val_seconds, rank):
 
 
 def stage_data(args, cfg):
-    pieces = args.pieces or cfg.data.pieces
-    seconds = args.seconds or cfg.data.seconds
     t0 = time.perf_counter()
-    meta = data.build_dataset(args.out, pieces=pieces, seconds=seconds, seed=args.seed,
-                              sample_rate=cfg.audio.sample_rate, workers=args.workers,
-                              progress=lambda it, total: tqdm(it, total=total, desc="rendering",
-                                                              unit="piece"))
+    meta = data.build_dataset(args.out, args.pieces or cfg.data.pieces,
+                              args.seconds or cfg.data.seconds, args.seed, cfg.audio.sample_rate,
+                              args.workers, progress=lambda it, total: tqdm(
+                                  it, total=total, desc="rendering", unit="piece"))
     size = sum(p.stat().st_size for p in Path(args.out).rglob("*.wav"))
-    n = {s: len(v) for s, v in meta["splits"].items()}
-    print(f"wrote {pieces} pieces x {len(meta['styles'])} styles ({', '.join(meta['styles'])}) "
-          f"to {args.out}: train/val/test pieces {n['train']}/{n['val']}/{n['test']}, "
+    n = "/".join(str(len(meta["splits"][s])) for s in ("train", "val", "test"))
+    print(f"wrote {len(meta['pieces'])} pieces x {len(meta['styles'])} styles "
+          f"({', '.join(meta['styles'])}) to {args.out}: train/val/test pieces {n}, "
           f"{size / 1e6:.1f} MB, {time.perf_counter() - t0:.1f} s")
 
 
@@ -305,22 +303,17 @@ def stage_ldm(args, cfg):
     c = cfg.ldm
     rank, world, device = setup_distributed(args.device)
     ae_ckpt = config.load_checkpoint(Path(args.ckpt_dir) / "autoencoder.pt", "autoencoder")
-    autoencoder = ae_lib.from_checkpoint(ae_ckpt)
-    cfg.audio, cfg.autoencoder = config.config_from_dict(ae_ckpt["config"]).audio, \
-        config.config_from_dict(ae_ckpt["config"]).autoencoder
-    autoencoder.to(device)
-    logmel = LogMel(**asdict(cfg.audio)).to(device)
-    train = data.AudioFolder(args.data, "train", cfg.audio.sample_rate, random_clips=False,
-                             styles=ae_ckpt["styles"], progress=tqdm if rank == 0 else None)
-    val = data.AudioFolder(args.data, "val", cfg.audio.sample_rate, random_clips=False,
-                           styles=ae_ckpt["styles"])
-    scale = ae_ckpt["latent_scale"]
-    progress = tqdm if rank == 0 else None
-    dataset = data.LatentClips(*data.encode_pieces(autoencoder, scale, logmel, train.waves,
-                                                   device, progress),
-                               train.labels, c.latent_frames, c.ref_frames)
-    val_set = data.LatentClips(*data.encode_pieces(autoencoder, scale, logmel, val.waves, device),
-                               val.labels, c.latent_frames, c.ref_frames)
+    autoencoder, scale = ae_lib.from_checkpoint(ae_ckpt).to(device), ae_ckpt["latent_scale"]
+    ae_cfg = config.config_from_dict(ae_ckpt["config"])
+    cfg.audio, cfg.autoencoder = ae_cfg.audio, ae_cfg.autoencoder
+    logmel, progress = LogMel(**asdict(cfg.audio)).to(device), tqdm if rank == 0 else None
+    folders = [data.AudioFolder(args.data, split, cfg.audio.sample_rate, random_clips=False,
+                                styles=ae_ckpt["styles"]) for split in ("train", "val")]
+    dataset, val_set = (data.LatentClips(*data.encode_pieces(autoencoder, scale, logmel, f.waves,
+                                                             device, progress),
+                                         f.labels, c.latent_frames, c.ref_frames)
+                        for f in folders)                    # whole pieces' latents, cached
+    train = folders[0]
     torch.manual_seed(args.seed)
     model = unet.build_ldm(c, len(train.styles), cfg.audio.n_mels).to(device)
 

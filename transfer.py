@@ -19,9 +19,7 @@ import contextlib
 import math
 import time
 import os
-import struct
 import sys
-import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,6 +33,7 @@ import config
 import data
 import diffusion
 import guidediff
+import plot
 import unet
 from stft import LogMel, griffin_lim
 
@@ -146,52 +145,7 @@ def compile_models(models):
             torch.compile(gd.denoise, dynamic=True)
 
 
-# ---------------------------------------------------------------- windows and chunks
-def window_starts(length, window=WINDOW, overlap=OVERLAP):
-    """Starts of windows every window - overlap frames, the last one flush with the end."""
-    if length <= window:
-        return [0]
-    return list(range(0, length - window, window - overlap)) + [length - window]
-
-
-def window_weights(window, overlap):
-    """(window,) weights rising over the first `overlap` frames and falling over the last:
-    a frame is mostly predicted by the window it sits in the middle of. Never zero, so the
-    song's first and last frames (one window each) are defined."""
-    i = torch.arange(window, dtype=torch.float32)
-    return (torch.minimum(i + 1, window - i) / (overlap + 1)).clamp(max=1.0)
-
-
-def windowed(unet_model, length, window=WINDOW, overlap=OVERLAP, batch=WINDOW_BATCH,
-             bf16=True):
-    """A model(x_t, t, context) over whole songs (B, C, F, length) built from a U-Net that
-    sees windows: every window of every item in one batch (in chunks of `batch`), the
-    predictions blended by window_weights. The DDIM step is affine in the prediction for a
-    shared x_t, so blending predictions is MultiDiffusion's blending of the next latents."""
-    starts = window_starts(length, window, overlap)
-    w = min(window, length)
-    weights = window_weights(w, overlap)                                    # (w,)
-    total = torch.zeros(length)
-    for s in starts:
-        total[s:s + w] += weights
-
-    def model(x_t, t, context):
-        B, n = x_t.shape[0], len(starts)
-        crops = torch.stack([x_t[..., s:s + w] for s in starts], 1).flatten(0, 1)  # (B n, C, F, w)
-        t, context = t.repeat_interleave(n), context.repeat_interleave(n, 0)
-        size = -(-len(crops) // -(-len(crops) // batch))   # even chunks of at most batch
-        with torch.autocast(x_t.device.type, dtype=torch.bfloat16, enabled=bf16):
-            pred = torch.cat([unet_model(crops[i:i + size], t[i:i + size], context[i:i + size])
-                              .float() for i in range(0, len(crops), size)])
-        pred = pred.view(B, n, *crops.shape[1:]) * weights.to(pred)        # (B, n, C, F, w)
-        blended = torch.zeros_like(x_t)
-        for k, s in enumerate(starts):
-            blended[..., s:s + w] += pred[:, k]
-        return blended / total.to(blended)                                  # (B, C, F, length)
-
-    return model
-
-
+# ---------------------------------------------------------------- chunks
 def in_chunks(fn, x, chunk, margin, scale=1.0):
     """fn over the last axis of x, `chunk` frames at a time with `margin` frames of context
     either side (cut from the output); fn maps T frames to ceil(T * scale). chunk and
@@ -269,10 +223,11 @@ def stylize(models, spec, context, *, source_context=None, strength=STRENGTH, mo
     with stopwatch("encoder"), autocast:
         z = in_chunks(lambda s: ae.encode(s).mode(), spec, AE_CHUNK, AE_MARGIN, 1 / f).float()
         z = z * scale
-    model = windowed(ldm.unet, z.shape[-1], window, overlap, bf16=models.bf16)
+    model = diffusion.windowed(ldm.unet, z.shape[-1], window, overlap, WINDOW_BATCH,
+                               bf16=models.bf16)
     null, prediction = ldm.style.null_context(1), ldm.c.prediction
     t_start = int(round(strength * (ldm.sched.T - 1)))
-    windows = len(window_starts(z.shape[-1], window, overlap))
+    windows = len(diffusion.window_starts(z.shape[-1], window, overlap))
 
     def bar(desc):
         return (lambda loop: tqdm(loop, desc=f"{desc} (windows: {windows})", unit="step",
@@ -392,50 +347,6 @@ def transfer(wave, sr, style=None, *, ref=None, strength=STRENGTH, mode=MODE, st
     with stopwatch("log-mel and style tokens"):   # the way back to the input's rate
         out = data.resample(out, a.sample_rate, sr)[:len(mono)]
     return np.pad(out, (0, len(mono) - len(out))).astype(np.float32), sr
-
-
-# ---------------------------------------------------------------- PNG of the spectrograms
-# A magma-like colour map: dark purple (quiet) to pale yellow (loud), linear between these.
-COLOURS = np.array([[0, 0, 4], [80, 18, 123], [182, 54, 121], [251, 136, 97],
-                    [252, 253, 191]], dtype=np.float64)
-
-
-def colourise(values, lo, hi):
-    """(H, W) values -> (H, W, 3) uint8 through COLOURS, lo and hi at its ends."""
-    x = np.clip((values - lo) / (hi - lo), 0, 1) * (len(COLOURS) - 1)
-    i = np.minimum(x.astype(int), len(COLOURS) - 2)
-    frac = (x - i)[..., None]
-    return ((1 - frac) * COLOURS[i] + frac * COLOURS[i + 1]).round().astype(np.uint8)
-
-
-def spectrogram_image(source, output, max_width=1000, gap=4):
-    """Two log-mels (n_mels, T) side by side as RGB (2 n_mels, 2 W + gap, 3): low
-    frequencies at the bottom, time averaged down to at most max_width columns each."""
-    def panel(spec):
-        k = -(-spec.shape[1] // max_width)
-        spec = np.pad(spec, ((0, 0), (0, -spec.shape[1] % k)), mode="edge")
-        spec = spec.reshape(spec.shape[0], -1, k).mean(2)
-        return np.repeat(spec[::-1], 2, axis=0)                 # (2 n_mels, W), low at bottom
-    a, b = panel(source), panel(output)
-    hi = max(a.max(), b.max(), ae_lib.SILENCE + 1)
-    sep = np.full((a.shape[0], gap, 3), 255, np.uint8)
-    return np.concatenate([colourise(a, ae_lib.SILENCE, hi), sep,
-                           colourise(b, ae_lib.SILENCE, hi)], axis=1)
-
-
-def write_png(path, rgb):
-    """An 8-bit RGB image (H, W, 3) as PNG: signature, IHDR, one zlib IDAT of rows that
-    each start with filter byte 0, IEND; every chunk is length, type, data, CRC-32."""
-    H, W, _ = rgb.shape
-
-    def chunk(kind, body):
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body)))
-    rows = np.concatenate([np.zeros((H, 1), np.uint8), rgb.reshape(H, 3 * W)], axis=1)
-    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n"
-                           + chunk(b"IHDR", struct.pack(">IIBBBBB", W, H, 8, 2, 0, 0, 0))
-                           + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
-                           + chunk(b"IEND", b""))
 
 
 # ---------------------------------------------------------------- entry point
@@ -570,7 +481,7 @@ def run(args):
             os.remove(tmp)
     if args.plot:
         specs = [log_mel(models, w, sr)[0, 0].cpu().numpy() for w in (wave, restyled)]
-        write_png(args.plot, spectrogram_image(*specs))
+        plot.write_png(args.plot, plot.spectrogram_image(*specs))
     print(out)
 
 

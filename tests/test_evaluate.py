@@ -51,16 +51,14 @@ def test_score_system_reference_rows(monkeypatch):
     assert evaluate.score_system(one_pair, split, judge)["outputs"] == 2 * 2
 
 
-def test_best_setting_keeps_the_notes_first():
-    identity = dict(notes_kept=0.80)
+def test_best_setting_keeps_the_most_notes_among_those_that_change_the_style():
     rows = [dict(mode="sdedit", strength=0.9, guidance=5.0, style_accuracy=100.0, notes_kept=0.5),
             dict(mode="inversion", strength=0.9, guidance=3.0, style_accuracy=97.0,
                  notes_kept=0.79),
             dict(mode="inversion", strength=0.5, guidance=3.0, style_accuracy=60.0,
                  notes_kept=0.81)]
-    assert evaluate.best_setting(rows, identity) == dict(mode="inversion", strength=0.9,
-                                                         guidance=3.0)
-    assert evaluate.best_setting(rows[:1], identity)["mode"] == "sdedit"   # none keeps them
+    assert evaluate.best_setting(rows) == dict(mode="inversion", strength=0.9, guidance=3.0)
+    assert evaluate.best_setting(rows[2:])["strength"] == 0.5     # none reaches the bar
 
 
 def test_report_tables_come_from_the_results(tmp_path):
@@ -95,3 +93,24 @@ def test_the_transfer_row_is_transfer_itself():
     again, _ = transfer.transfer(wave.numpy(), SR, "rock", models=models, progress=False,
                                  steps=2, mode="sdedit")
     assert torch.equal(fast, torch.from_numpy(again)) and not torch.equal(fast, ours)
+
+
+def test_readme_block_is_replaced_and_nothing_else(tmp_path):
+    split, judge = _split_and_judge()
+    rows = {"oracle (target-style ground truth)":
+            evaluate.score_system(lambda w, s, t, p: split.waves[p, t], split, judge)}
+    results = dict(command="python train.py --stage eval", commit="f" * 40,
+                   machine=dict(cpu="cpu", cores=2, threads=2, torch="x",
+                                matmul_gflops_fp32=100.0, matmul_gflops_bf16=300.0),
+                   checkpoints={}, wall_seconds=60.0, split=evaluate.split_summary(split, SR),
+                   fad_floor=dict(fad_c=1.0, kid=0.0), transfer=rows, resynthesis={})
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.README_BEGIN}\nold numbers\n{report.README_END}\nlimits\n")
+    assert report.update_readme(readme, results)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith(f"{report.README_END}\nlimits\n")
+    assert "old numbers" not in text and "| oracle (target-style ground truth) |" in text
+    assert "f" * 12 in text
+    plain = tmp_path / "plain.md"
+    plain.write_text("no markers\n")
+    assert not report.update_readme(plain, results) and plain.read_text() == "no markers\n"

@@ -70,11 +70,6 @@ def test_spectral_distances_known_values():
     assert torch.allclose(metrics.logmel_l1(spec, spec + 0.25), torch.full((3,), 0.25))
 
 
-def test_style_accuracy():
-    logits = torch.tensor([[2.0, 1.0], [0.0, 1.0], [3.0, -1.0], [0.5, 0.6]])
-    assert metrics.style_accuracy(logits, torch.tensor([0, 1, 1, 0])) == 0.5
-
-
 def test_real_time_factor_counts_calls():
     calls = []
     rtf = metrics.real_time_factor(lambda: calls.append(1), audio_seconds=2.0, repeats=4,

@@ -17,6 +17,7 @@ import torch
 
 import config
 import data
+import diffusion
 import guidediff
 import transfer
 
@@ -59,14 +60,14 @@ def write(path, wave, sr, **kw):
 @pytest.mark.parametrize("length", [5, 16, 17, 40, 100, 1000])
 def test_windows_cover_the_song_and_overlap(length):
     window, overlap = 16, 4
-    starts = transfer.window_starts(length, window, overlap)
+    starts = diffusion.window_starts(length, window, overlap)
     w = min(window, length)
     covered = np.zeros(length, int)
     for s in starts:
         covered[s:s + w] += 1
     assert covered.min() >= 1 and starts[0] == 0 and starts[-1] + w == length
     assert all(b - a <= window - overlap for a, b in zip(starts, starts[1:]))  # overlap >= 4
-    weights = transfer.window_weights(w, overlap)
+    weights = diffusion.window_weights(w, overlap)
     assert (weights > 0).all() and (weights <= 1).all()
 
 
@@ -77,9 +78,9 @@ def test_windowed_model_equals_a_positionwise_model():
         return x * (1 + t.float() / 1000)[:, None, None, None] + c.mean((1, 2))[:, None, None, None]
 
     x, t, c = torch.randn(2, 4, 8, 100), torch.tensor([10, 700]), torch.randn(2, 3, 5)
-    blended = transfer.windowed(model, 100, window=16, overlap=4, batch=3, bf16=False)(x, t, c)
+    blended = diffusion.windowed(model, 100, window=16, overlap=4, batch=3, bf16=False)(x, t, c)
     torch.testing.assert_close(blended, model(x, t, c))
-    other = transfer.windowed(lambda x, t, c: torch.ones_like(x), 100, 16, 4, bf16=False)
+    other = diffusion.windowed(lambda x, t, c: torch.ones_like(x), 100, 16, 4, bf16=False)
     torch.testing.assert_close(other(x, t, c), torch.ones_like(x))
 
 
@@ -132,9 +133,9 @@ def test_long_input_equals_its_parts_away_from_the_junction(models, song):
     g = torch.Generator().manual_seed(0)
     noise, other_noise = (torch.randn(1, 4, 32, 157, generator=g) for _ in range(2))
     window, overlap, cut = 16, 8, 80                                 # cut in latent frames
-    starts = transfer.window_starts(157, window, overlap)
-    assert set(transfer.window_starts(cut, window, overlap)) <= set(starts)
-    assert {cut + s for s in transfer.window_starts(157 - cut, window, overlap)} <= set(starts)
+    starts = diffusion.window_starts(157, window, overlap)
+    assert set(diffusion.window_starts(cut, window, overlap)) <= set(starts)
+    assert {cut + s for s in diffusion.window_starts(157 - cut, window, overlap)} <= set(starts)
 
     def run(s, n):
         return transfer.stylize(models, s, context, steps=2, noise=n, mode="sdedit",
