@@ -89,14 +89,19 @@ def load_scores(root):
 
 
 # ---------------------------------------------------------------- systems
+def griffin_lim_wave(logmel, audio, spec, length):
+    """Log-mel (1, 1, n_mels, T) -> wave (length,) by Griffin-Lim, fixed seed."""
+    return griffin_lim(logmel.mel_to_magnitude(spec), audio.n_fft, audio.hop,
+                       n_iter=GRIFFIN_LIM_ITERS, length=length,
+                       generator=torch.Generator().manual_seed(0))[0]
+
+
 def reference_systems(split, logmel, audio):
     """The rows every other number is read against: ({transfer rows}, {resynthesis rows})."""
     ids, waves = split.pieces, split.waves
 
     def griffin_lim_resynthesis(wave, src, tgt, piece):
-        magnitude = logmel.mel_to_magnitude(logmel(waves[piece, tgt][None]))
-        return griffin_lim(magnitude, audio.n_fft, audio.hop, n_iter=GRIFFIN_LIM_ITERS,
-                           length=len(wave), generator=torch.Generator().manual_seed(0))[0]
+        return griffin_lim_wave(logmel, audio, logmel(waves[piece, tgt][None]), len(wave))
 
     return {
         "oracle (target-style ground truth)": lambda w, s, t, p: waves[p, t],
@@ -150,22 +155,19 @@ def guidediff_systems(gd, logmel, device, steps_rows=VOCODER_STEPS,
 def round_trip_systems(models):
     """Resynthesis rows: the autoencoder's round trip, heard through Griffin-Lim and through
     the pipeline's vocoder (transfer.vocode)."""
-    def system(vocoder):
+    def system(vocode):
         @torch.no_grad()
         def round_trip(wave, src, tgt, piece):
             spec = models.logmel(wave[None])
             z = models.autoencoder.encode(spec).mode()
-            recon = models.autoencoder.decode(z, length=spec.shape[-1])
-            saved = models.vocoder
-            models.vocoder = vocoder
-            try:
-                return transfer_lib.vocode(models, recon, len(wave))[0].float()
-            finally:
-                models.vocoder = saved
+            return vocode(models.autoencoder.decode(z, length=spec.shape[-1]), len(wave))
         return round_trip
-    rows = {f"autoencoder round trip + Griffin-Lim {GRIFFIN_LIM_ITERS} it.": system(None)}
+    audio = models.cfg.audio
+    rows = {f"autoencoder round trip + Griffin-Lim {GRIFFIN_LIM_ITERS} it.": system(
+        lambda spec, n: griffin_lim_wave(models.logmel, audio, spec, n))}
     if models.vocoder is not None:
-        rows["autoencoder round trip + GuideDiff"] = system(models.vocoder)
+        rows["autoencoder round trip + GuideDiff"] = system(
+            lambda spec, n: transfer_lib.vocode(models, spec, n)[0].float())
     return rows
 
 
@@ -382,18 +384,23 @@ class EvalOptions:
     speed: bool = True          # the speed table (about 5 minutes)
 
 
+def setup(opts, command):
+    """What every evaluation run starts from: (provenance, judge, styles, config)."""
+    classifier, styles, cfg = load_classifier(opts.ckpt_dir)
+    judge = Judge(classifier, LogMel(**asdict(cfg.audio)), cfg.audio.sample_rate,
+                  load_scores(opts.data))
+    return report.provenance(command, opts.ckpt_dir), judge, styles, cfg
+
+
 def evaluate(opts, command):
     """One full evaluation (or, with opts.rows, some rows on opts.split): the results dict
     that report.save turns into results.json and RESULTS.md."""
     t_start = time.perf_counter()
-    provenance = report.provenance(command, opts.ckpt_dir)
     if opts.split != "test" and not opts.rows:
         raise ValueError("the report is scored on the test split; --split is for --rows "
                          "(development runs)")
-    classifier, styles, cfg = load_classifier(opts.ckpt_dir)
-    sr = cfg.audio.sample_rate
-    logmel = LogMel(**asdict(cfg.audio))
-    judge = Judge(classifier, logmel, sr, load_scores(opts.data))
+    provenance, judge, styles, cfg = setup(opts, command)
+    sr, logmel = cfg.audio.sample_rate, judge.logmel
     main = load_split(opts.data, opts.split, sr, styles, opts.pieces)
     train = load_split(opts.data, "train", sr, styles, len(main.pieces))
     floor = fad_basis_and_floor(main, train, judge)
@@ -436,10 +443,8 @@ def evaluate(opts, command):
 def evaluate_sweep(opts, command, pieces=2, seconds=4.0):
     """The LDM sweep on the first `seconds` of `pieces` val pieces (results/sweep.json)."""
     t_start = time.perf_counter()
-    provenance = report.provenance(command, opts.ckpt_dir)
-    classifier, styles, cfg = load_classifier(opts.ckpt_dir)
+    provenance, judge, styles, cfg = setup(opts, command)
     sr = cfg.audio.sample_rate
-    judge = Judge(classifier, LogMel(**asdict(cfg.audio)), sr, load_scores(opts.data))
     val = load_split(opts.data, "val", sr, styles, opts.pieces or pieces, seconds)
     fad_basis_and_floor(val, load_split(opts.data, "train", sr, styles, len(val.pieces),
                                         seconds), judge)
