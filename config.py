@@ -33,7 +33,7 @@ class AudioConfig:
 @dataclass
 class DataConfig:
     """The built-in dataset: seeded compositions rendered in every style."""
-    pieces: int = 120         # split by piece: ~80% train, 10% val, 10% test
+    pieces: int = 500         # split by piece: ~80% train, 10% val, 10% test
     seconds: float = 12.0     # length of each rendered piece
     seed: int = 0
     clip_seconds: float = 4.0  # training clips cut from the pieces
@@ -54,17 +54,18 @@ class TrainingConfig:
 
 @dataclass
 class ClassifierConfig(TrainingConfig):
-    """The style classifier that scores every system (evaluate.StyleClassifier)."""
+    """The style classifier that scores every system (metrics.StyleClassifier)."""
     channels: tuple = (16, 32, 64, 128)
     emb_dim: int = 128
-    steps: int = 1200
+    steps: int = 3000
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 0.01
     warmup: int = 100
     ema: float = 0.995
     clip_seconds: float = 4.0
-    gain_db: float = 6.0      # random gain augmentation: style is not loudness
+    augment: float = 1.0      # the recording chain's chances (augment.Chain.p): judge recordings
+    gain_db: float = 6.0      # ... and its random gain: style is not loudness
 
 
 @dataclass
@@ -80,6 +81,7 @@ class AutoencoderConfig(TrainingConfig):
     steps: int = 2200
     lr: float = 5e-4
     clip_seconds: float = 2.0
+    augment: float = 0.5              # half the recording chain's chances: encode recordings too
 
 
 @dataclass
@@ -99,6 +101,9 @@ class LDMConfig(TrainingConfig):
     cond_drop: float = 0.15           # condition dropped for classifier-free guidance
     ref_prob: float = 0.5             # condition on a reference clip instead of the label
     align_weight: float = 0.1         # pull reference tokens onto label tokens
+    paired: bool = True               # condition on the source latent (built-in data's pairs)
+    source_drop: float = 0.1          # ... dropped (zeros) this often: also p(z | style)
+    versions: int = 2                 # recorded versions of each render (augment.Chain), sources
     latent_frames: int = 64           # training crops: 64 latent frames = 4.1 s
     ref_frames: int = 256             # reference clips: 256 spectrogram frames = 4.1 s
     steps: int = 1800
@@ -115,6 +120,8 @@ class GuideDiffConfig(TrainingConfig):
     head_hidden: int = 1024           # the MLP beside the linear output head (0: none)
     p_pure_noise: float = 0.25        # share of training at s = 1, where sampling starts
     mel_weight: float = 1.0           # log-mel L1 beside the multi-resolution STFT loss
+    augment: float = 0.5              # the recording chain's chances on the training clips
+    round_trip: float = 0.5           # share of the batch guided by an autoencoder round trip
     search_steps: tuple = (1, 2, 4, 8)   # step counts whose schedule is searched on val
     default_steps: int = 2            # 1-8 steps measure alike (RESULTS.md): the cheap end
     projections: int = 16             # mel-consistency projections after the last step

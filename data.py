@@ -1,13 +1,13 @@
 """Data: the built-in multi-style dataset, and folders of the user's own music.
 
-Real music cannot be downloaded here, so the project composes its own pieces and renders
-each one in every style with the real sampled instruments of a General MIDI SoundFont
-(soundfont.py). The test split is therefore *paired*: "piece P in style T" exists, so a
-transfer can be scored against its ground truth (the paper could only run listening tests).
+Real music cannot be downloaded here, so the project composes its own pieces (music.py)
+and renders each one in every style with the sampled instruments of several General MIDI
+SoundFonts (soundfont.py). The test split is therefore *paired*: "piece P in style T"
+exists, so a transfer can be scored against its ground truth (the paper could only run
+listening tests).
 
-    compose(seed)  -> note events (melody, chords, bass)         the music, kept as data
-    arrange(piece, style) -> (bank, program, pitch, vel, start, end) per part
-    render_piece   -> float32 wave (N,) at 16 kHz                   one piece in one style
+    render_piece(fonts, piece, style, orchestration) -> float32 wave (N,) at 16 kHz
+    build_dataset(out)  -> out/{train,val,test}/<style>/pieceNNNN.wav + metadata.json
     AudioFolder(ROOT/<style>/*.wav) -> (wave (N,), style index)     training / evaluation clips
 """
 import json
@@ -23,179 +23,52 @@ import soundfile as sf
 import torch
 from scipy.signal import resample_poly
 
+import music
+
 AUDIO_EXTS = (".wav", ".flac", ".ogg")
 SPLITS = ("train", "val", "test")
 
-# ---------------------------------------------------------------- composition
-MAJOR = [0, 2, 4, 5, 7, 9, 11]
-MINOR = [0, 2, 3, 5, 7, 8, 10]
-# Chord progressions as 0-based scale degrees, one chord a bar (I-V-vi-IV and friends).
-PROGRESSIONS = [[0, 4, 5, 3], [5, 3, 0, 4], [0, 5, 3, 4], [1, 4, 0, 5],
-                [0, 3, 4, 3], [0, 3, 5, 4], [5, 4, 3, 4], [0, 2, 3, 4]]
-# Melody rhythms for one 4/4 bar, in eighth notes.
-RHYTHMS = [[2, 2, 2, 2], [3, 1, 2, 2], [1, 1, 2, 4], [2, 1, 1, 4], [4, 2, 2],
-           [2, 2, 4], [1, 1, 1, 1, 2, 2], [3, 1, 3, 1], [2, 2, 1, 1, 2]]
+# ---------------------------------------------------------------- rendering
+# The SoundFonts the built-in dataset draws its instruments from, with each one's chance
+# per part. TimGM6mb comes with pretty_midi; the others are Debian packages
+# (`apt-get install csound-soundfont opl3-soundfont`): sampled General MIDI instruments,
+# and an OPL3 FM chip's sounds. Missing ones are skipped (build_dataset says which were
+# used). Held out for independent evaluation, never used: the FluidR3 family and MuseScore's.
+SOUNDFONTS = {"timgm6mb": (None, 0.45),
+              "csound": ("/usr/share/sounds/sf2/sf_GMbank.sf2", 0.35),
+              "opl3": ("/usr/share/sounds/sf2/OPL-3_FM_128M.sf2", 0.2)}
 
 
-def _scale_pitches(tonic, mode, lo, hi):
-    steps = MAJOR if mode == "major" else MINOR
-    return [p for p in range(lo, hi + 1) if (p - tonic) % 12 in steps]
+def available_soundfonts(names=None):
+    """{name: (path, weight)} of the SoundFonts found on this machine (all known if None)."""
+    from soundfont import default_path
+    found = {}
+    for name in names or SOUNDFONTS:
+        if name not in SOUNDFONTS:
+            raise ValueError(f"unknown SoundFont {name!r}; choose from {', '.join(SOUNDFONTS)}")
+        path, weight = SOUNDFONTS[name]
+        path = Path(path) if path else default_path()
+        if path.is_file():
+            found[name] = (str(path), weight)
+    if not found:
+        raise ValueError("no SoundFont found: pip install pretty_midi (TimGM6mb), or "
+                         "apt-get install csound-soundfont opl3-soundfont")
+    return found
 
 
-def compose(seed, seconds=12.0):
-    """A seeded piece: key, tempo, a looping progression, melody, block chords and bass.
+def render_piece(fonts, piece, style, orchestration, sample_rate=16000, seconds=12.0,
+                 target_rms=0.1):
+    """One piece in one style -> float32 wave (N,) with a fixed loudness and no clipping.
 
-    Returns a dict with the musical facts and `events`, a list of
-    {role, pitch, start, end, velocity} in seconds; every style plays these same notes.
-    """
-    rng = np.random.default_rng(seed)
-    tonic, mode = int(rng.integers(12)), ("major", "minor")[int(rng.integers(2))]
-    tempo = float(rng.uniform(88, 132))
-    beat = 60.0 / tempo
-    steps = MAJOR if mode == "major" else MINOR
-    progression = PROGRESSIONS[int(rng.integers(len(PROGRESSIONS)))]
-    n_bars = int(np.ceil(seconds / (4 * beat)))
-    melody_range = _scale_pitches(tonic, mode, 64, 84)      # E4..C6
-    events, pitch = [], int(rng.choice(melody_range[5:-5]))
-    for bar in range(n_bars):
-        degree = progression[bar % len(progression)]
-        t0 = bar * 4 * beat
-        # Triad on the degree, stacked in thirds within the scale.
-        pcs = [(tonic + steps[(degree + k) % 7]) % 12 for k in (0, 2, 4)]
-        root = 48 + (pcs[0] - 48) % 12                       # C3..B3
-        chord = [root] + [root + (pc - pcs[0]) % 12 for pc in pcs[1:]]
-        for p in chord:
-            events.append(dict(role="chord", pitch=p, start=t0, end=t0 + 4 * beat, velocity=70))
-        bass = 36 + (pcs[0] - 36) % 12                       # C2..B2
-        fifth = bass + 7 if bass + 7 <= 50 else bass - 5
-        for k, p in enumerate((bass, fifth)):
-            events.append(dict(role="bass", pitch=p, start=t0 + 2 * k * beat,
-                               end=t0 + 2 * (k + 1) * beat, velocity=90))
-        # Melody: chord tones on the beat, scale steps (passing notes) between.
-        t = t0
-        for eighths in RHYTHMS[int(rng.integers(len(RHYTHMS)))]:
-            on_beat = abs((t - t0) / beat - round((t - t0) / beat)) < 1e-6
-            if on_beat:
-                tones = [p for p in melody_range if p % 12 in pcs]
-                pitch = min(tones, key=lambda p: abs(p - pitch) + rng.uniform(0, 5))
-            else:
-                i = melody_range.index(pitch) if pitch in melody_range else len(melody_range) // 2
-                i = int(np.clip(i + rng.choice([-1, 1]), 0, len(melody_range) - 1))
-                pitch = melody_range[i]
-            dur = eighths * beat / 2
-            events.append(dict(role="melody", pitch=int(pitch), start=t, end=t + dur,
-                               velocity=int(rng.integers(86, 106))))
-            t += dur
-    events = [dict(e, start=round(e["start"], 4), end=round(min(e["end"], seconds), 4))
-              for e in events if e["start"] < seconds]
-    return dict(tonic=tonic, mode=mode, tempo=tempo, progression=progression,
-                events=events)
-
-
-# ---------------------------------------------------------------- arrangement
-# Each style: (bank, program) per part, the texture of the chords and bass, and drums.
-# Same melody and harmony everywhere; the accompaniment's rhythm is the style's own.
-STYLES = {
-    "piano":      dict(melody=(0, 0), chords=(0, 0, "block"), bass=(0, 0, "as_written"),
-                       drums=None),
-    "strings":    dict(melody=(0, 40), chords=(0, 48, "sustain"), bass=(0, 42, "as_written"),
-                       drums=None),
-    "guitar":     dict(melody=(0, 25), chords=(0, 24, "arpeggio"), bass=(0, 32, "as_written"),
-                       drums=None),
-    "flute":      dict(melody=(0, 73), chords=(0, 46, "arpeggio"), bass=(0, 70, "as_written"),
-                       drums=None),
-    "rock":       dict(melody=(0, 29), chords=(0, 30, "power"), bass=(0, 34, "eighths"),
-                       drums="rock"),
-    "electronic": dict(melody=(0, 81), chords=(0, 89, "sustain"), bass=(0, 38, "offbeat"),
-                       drums="electro"),
-}
-PART_GAIN = {"melody": 1.0, "chords": 0.5, "bass": 0.7, "drums": 0.6}
-GM_DRUMS = {"kick": 36, "snare": 38, "clap": 39, "hat": 42, "open_hat": 46, "crash": 49}
-
-
-def _subdivide(e, step, offset=0.0, gate=0.9):
-    """Repeat an event's pitch every `step` seconds (eighth-note bass, power chords)."""
-    t, out = e["start"] + offset, []
-    while t < e["end"] - 1e-3:              # 1 ms: event times are rounded to 0.1 ms
-        out.append(dict(e, start=t, end=min(t + gate * step, e["end"])))
-        t += step
-    return out
-
-
-def arrange(piece, style, seconds):
-    """Turn a piece's events into {part: [(bank, program, pitch, velocity, start, end)]}."""
-    spec, beat = STYLES[style], 60.0 / piece["tempo"]
-    ev = {r: [e for e in piece["events"] if e["role"] == r] for r in ("melody", "chord", "bass")}
-    parts = {"melody": [(*spec["melody"], e["pitch"], e["velocity"], e["start"], e["end"])
-                        for e in ev["melody"]]}
-    bank, prog, texture = spec["chords"]
-    chords = []
-    for e in ev["chord"]:
-        if texture == "sustain":
-            chords.append(e)
-        elif texture == "block":            # half-note stabs on beats 1 and 3
-            chords += _subdivide(e, 2 * beat, gate=0.95)
-        elif texture == "power":            # root, fifth and octave, palm-muted eighths
-            if e["pitch"] == min(x["pitch"] for x in ev["chord"] if x["start"] == e["start"]):
-                # The third on top keeps the harmony every style shares.
-                low = e["pitch"] - 12 if e["pitch"] >= 52 else e["pitch"]
-                third = [x["pitch"] for x in ev["chord"] if x["start"] == e["start"]][1]
-                for p in (low, low + 7, low + 12, low + 12 + (third - e["pitch"]) % 12):
-                    chords += _subdivide(dict(e, pitch=p, velocity=80), beat / 2, gate=0.8)
-    if texture == "arpeggio":               # chord tones cycled upward in eighths
-        bars = sorted({e["start"] for e in ev["chord"]})
-        for t0 in bars:
-            tones = sorted(e["pitch"] for e in ev["chord"] if e["start"] == t0)
-            tones = tones + [tones[0] + 12]
-            end = max(e["end"] for e in ev["chord"] if e["start"] == t0)
-            for k, step in enumerate(_subdivide(dict(start=t0, end=end), beat / 2, gate=1.5)):
-                chords.append(dict(step, pitch=tones[k % len(tones)], velocity=72))
-    parts["chords"] = [(bank, prog, e["pitch"], e["velocity"], e["start"], e["end"]) for e in chords]
-    bank, prog, texture = spec["bass"]
-    bass = []
-    for e in ev["bass"]:
-        if texture == "as_written":
-            bass.append(e)
-        elif texture == "eighths":
-            bass += _subdivide(e, beat / 2, gate=0.85)
-        elif texture == "offbeat":
-            bass += _subdivide(e, beat, offset=beat / 2, gate=0.4)
-    parts["bass"] = [(bank, prog, e["pitch"], e["velocity"], e["start"], e["end"]) for e in bass]
-    if spec["drums"]:
-        parts["drums"] = _drums(spec["drums"], beat, seconds)
-    return parts
-
-
-def _drums(pattern, beat, seconds):
-    """Drum hits on a 16th-note grid: GM standard kit for rock, the TR-808 kit for electronic."""
-    d, hits = GM_DRUMS, []
-    n16 = int(seconds / (beat / 4))
-    for k in range(n16):
-        pos = k % 16                        # position in the bar, in 16ths
-        names = []
-        if pattern == "rock":
-            names += ["kick"] if pos in (0, 8, 10) else []
-            names += ["snare"] if pos in (4, 12) else []
-            names += ["hat"] if pos % 2 == 0 else []
-            names += ["crash"] if k % 64 == 0 else []
-        else:                               # four on the floor, claps, offbeat open hats
-            names += ["kick"] if pos % 4 == 0 else []
-            names += ["clap"] if pos in (4, 12) else []
-            names += ["open_hat"] if pos % 4 == 2 else ["hat"] if pos % 2 == 1 else []
-        t = k * beat / 4
-        for name in names:
-            vel = 110 if name in ("kick", "snare", "clap", "crash") else 75
-            hits.append((128, 0 if pattern == "rock" else 25, d[name], vel, t, t + beat / 4))
-    return hits
-
-
-def render_piece(soundfont, piece, style, sample_rate=16000, seconds=12.0, target_rms=0.1):
-    """One piece in one style -> float32 wave (N,) with a fixed loudness and no clipping."""
+    fonts: {name: SoundFont}; orchestration: music.orchestrate's choice of instruments."""
     n = int(round(seconds * sample_rate))
     mix = np.zeros(n, np.float32)
-    for part, notes in arrange(piece, style, seconds).items():
-        if notes:
-            mix += PART_GAIN[part] * soundfont.render(notes, sample_rate, duration=seconds)[:n]
+    for part, notes in music.arrange(piece, style, seconds, orchestration).items():
+        inst = orchestration["parts"][part]
+        font = fonts[inst["font"]]
+        if (inst["bank"], inst["program"]) not in font._presets:   # a kit the font lacks
+            notes = [(b, 0, *rest) for b, _, *rest in notes]
+        mix += inst["gain"] * font.render(notes, sample_rate, duration=seconds)[:n]
     rms = float(np.sqrt(np.mean(mix ** 2)))
     assert rms > 0, f"style {style} rendered silence"
     mix *= target_rms / rms
@@ -220,20 +93,23 @@ def _piece_seed(seed, index):
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
-_WORKER_SF = None
+_WORKER_FONTS = {}
 
 
 def _render_job(args):
-    global _WORKER_SF                       # one parsed SoundFont per worker process
-    index, seed, seconds, sample_rate, out_dir, split, sf_path = args
-    if _WORKER_SF is None:
-        from soundfont import SoundFont
-        _WORKER_SF = SoundFont(sf_path)
-    piece = compose(_piece_seed(seed, index), seconds)
-    for style in STYLES:
-        wave = render_piece(_WORKER_SF, piece, style, sample_rate, seconds)
+    index, seed, seconds, sample_rate, out_dir, split, fonts = args
+    from soundfont import SoundFont
+    for name, (path, _) in fonts.items():   # each font parsed once per worker process
+        _WORKER_FONTS.setdefault(name, SoundFont(path))
+    piece_seed = _piece_seed(seed, index)
+    piece = music.compose(piece_seed, seconds)
+    orchestra = {}
+    for k, style in enumerate(music.STYLES):
+        orchestra[style] = music.orchestrate([piece_seed, k], style, list(fonts),
+                                             [w for _, w in fonts.values()])
+        wave = render_piece(_WORKER_FONTS, piece, style, orchestra[style], sample_rate, seconds)
         write_wav(Path(out_dir) / split / style / f"piece{index:04d}.wav", wave, sample_rate)
-    return index, piece
+    return index, dict(piece, orchestration=orchestra)
 
 
 def write_wav(path, wave, sample_rate):
@@ -246,8 +122,10 @@ def write_wav(path, wave, sample_rate):
 
 
 def build_dataset(out_dir, pieces=60, seconds=12.0, seed=0, sample_rate=16000, workers=2,
-                  soundfont_path=None, progress=None):
-    """Render every piece in every style into out_dir/{split}/{style}/pieceNNNN.wav."""
+                  soundfonts=None, progress=None):
+    """Render every piece in every style into out_dir/{split}/{style}/pieceNNNN.wav.
+
+    soundfonts: names in SOUNDFONTS to draw instruments from (None: every one installed)."""
     if pieces < 3:
         raise ValueError(f"--pieces {pieces} is too few: the split needs one piece each for "
                          f"train, val and test, so use 3 or more")
@@ -255,13 +133,14 @@ def build_dataset(out_dir, pieces=60, seconds=12.0, seed=0, sample_rate=16000, w
         raise ValueError(f"--seconds {seconds} is too short: use 1 or more")
     splits = split_pieces(pieces, seed)
     split_of = {i: s for s, idx in splits.items() for i in idx}
-    jobs = [(i, seed, seconds, sample_rate, str(out_dir), split_of[i], soundfont_path)
+    fonts = available_soundfonts(soundfonts)
+    jobs = [(i, seed, seconds, sample_rate, str(out_dir), split_of[i], fonts)
             for i in range(pieces)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         results = pool.map(_render_job, jobs)
         results = dict(progress(results, total=pieces) if progress else results)
-    meta = dict(sample_rate=sample_rate, seconds=seconds, seed=seed,
-                styles={s: {k: v for k, v in spec.items()} for s, spec in STYLES.items()},
+    meta = dict(sample_rate=sample_rate, seconds=seconds, seed=seed, soundfonts=fonts,
+                styles=music.STYLES,
                 splits=splits,
                 pieces=[dict(id=f"piece{i:04d}", index=i, split=split_of[i],
                              seed=_piece_seed(seed, i), **results[i]) for i in range(pieces)])
@@ -397,12 +276,68 @@ class LatentClips(torch.utils.data.Dataset):
                 self._crop(self.specs[j], self.ref_frames))
 
 
+class PairedLatentClips(LatentClips):
+    """The built-in data's pairs: each item is a crop of piece P in style T (the target,
+    clean), its label, a reference log-mel crop of another piece in style T, and the same
+    crop of P in a random style S (T included) in a random version (clean or recorded
+    through augment.Chain): the source a paired LDM learns to transfer from.
+
+    versions: [(latents, specs)] per version, version 0 clean; pieces: each item's piece id."""
+
+    def __init__(self, versions, labels, pieces, latent_frames, ref_frames):
+        super().__init__(versions[0][0], versions[0][1], labels, latent_frames, ref_frames)
+        self.versions = versions
+        self.by_piece = {}
+        for i, (p, y) in enumerate(zip(pieces, labels)):
+            self.by_piece.setdefault(p, []).append(i)
+        self.pieces = pieces
+
+    def _draw(self, n):
+        return int(torch.randint(0, n, ()))
+
+    def __getitem__(self, i):
+        z0 = self.latents[i]
+        spare = z0.shape[-1] - self.latent_frames
+        start = self._draw(spare + 1) if spare > 0 else 0
+        same_piece = self.by_piece[self.pieces[i]]
+        j = same_piece[self._draw(len(same_piece))]
+        src_latents = self.versions[self._draw(len(self.versions))][0]
+        same_style = self.by_style[self.labels[i]]
+        k = same_style[self._draw(len(same_style))]
+        ref_specs = self.versions[self._draw(len(self.versions))][1]
+
+        def crop(x):
+            x = x[..., start:start + self.latent_frames].float()
+            return torch.nn.functional.pad(x, (0, self.latent_frames - x.shape[-1]),
+                                           mode="replicate")
+        return (crop(z0), self.labels[i], self._crop(ref_specs[k].float(), self.ref_frames),
+                crop(src_latents[j]))
+
+
 @torch.no_grad()
-def encode_pieces(autoencoder, scale, logmel, waves, device, progress=None):
-    """Whole pieces -> (scaled latents (c, F/f, T/f), log-mels (1, n_mels, T)), cached once."""
+def encode_pieces(autoencoder, scale, logmel, waves, device, progress=None, chain=None, seed=0,
+                  cache=None, bf16=False):
+    """Whole pieces -> (scaled latents (c, F/f, T/f), log-mels (1, n_mels, T)), once.
+
+    chain: an augment.Chain each piece goes through first (seeded by seed and its index);
+    cache: a file that keeps the result (name it after everything it depends on);
+    bf16: autocast the encoder (its latents move by far less than its own error)."""
+    if cache is not None and Path(cache).is_file():
+        return tuple(torch.load(cache, weights_only=True))
     latents, specs = [], []
-    for wave in (progress(waves, desc="encoding latents") if progress else waves):
-        spec = logmel(wave[None].to(device))                            # (1, 1, n_mels, T)
-        latents.append((autoencoder.encode(spec).mode() * scale)[0].cpu())
-        specs.append(spec[0].cpu())
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
+    for i, wave in enumerate(progress(waves, desc="encoding latents") if progress else waves):
+        wave = wave[None].to(device)
+        if chain is not None:
+            wave = chain(wave, torch.Generator().manual_seed(seed * 1_000_003 + i))
+        spec = logmel(wave)                                             # (1, 1, n_mels, T)
+        with autocast:
+            z = autoencoder.encode(spec).mode().float()
+        latents.append((z * scale)[0].cpu())
+        specs.append(spec[0].cpu() if chain is None else spec[0].cpu().half())
+    if cache is not None:
+        Path(cache).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(f"{cache}.tmp")
+        torch.save([latents, specs], tmp)
+        os.replace(tmp, cache)
     return latents, specs

@@ -272,11 +272,13 @@ def window_weights(window, overlap):
     return (torch.minimum(i + 1, window - i) / (overlap + 1)).clamp(max=1.0)
 
 
-def windowed(unet_model, length, window, overlap, batch=16, bf16=True):
+def windowed(unet_model, length, window, overlap, batch=16, bf16=True, cond=None):
     """A model(x_t, t, context) over whole songs (B, C, F, length) built from a U-Net that
     sees windows: every window of every item in one batch (in chunks of `batch`), the
     predictions blended by window_weights. The DDIM step is affine in the prediction for a
-    shared x_t, so blending predictions is MultiDiffusion's blending of the next latents."""
+    shared x_t, so blending predictions is MultiDiffusion's blending of the next latents.
+    cond (1 or B, C', F, length): extra input channels (a source latent), cut into the
+    same windows and concatenated to each."""
     starts = window_starts(length, window, overlap)
     w = min(window, length)
     weights = window_weights(w, overlap)                                    # (w,)
@@ -286,14 +288,16 @@ def windowed(unet_model, length, window, overlap, batch=16, bf16=True):
 
     def model(x_t, t, context):
         B, n = x_t.shape[0], len(starts)
+        if cond is not None:
+            x_t = torch.cat([x_t, cond.to(x_t).expand(B, -1, -1, -1)], 1)   # (B, C + C', F, L)
         crops = torch.stack([x_t[..., s:s + w] for s in starts], 1).flatten(0, 1)  # (B n, C, F, w)
         t, context = t.repeat_interleave(n), context.repeat_interleave(n, 0)
         size = -(-len(crops) // -(-len(crops) // batch))   # even chunks of at most batch
         with torch.autocast(x_t.device.type, dtype=torch.bfloat16, enabled=bf16):
             pred = torch.cat([unet_model(crops[i:i + size], t[i:i + size], context[i:i + size])
                               .float() for i in range(0, len(crops), size)])
-        pred = pred.view(B, n, *crops.shape[1:]) * weights.to(pred)        # (B, n, C, F, w)
-        blended = torch.zeros_like(x_t)
+        pred = pred.view(B, n, *pred.shape[1:]) * weights.to(pred)        # (B, n, C, F, w)
+        blended = torch.zeros_like(x_t[:, :pred.shape[2]])
         for k, s in enumerate(starts):
             blended[..., s:s + w] += pred[:, k]
         return blended / total.to(blended)                                  # (B, C, F, length)

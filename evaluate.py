@@ -25,6 +25,7 @@ import baselines
 import config
 import data
 import diffusion
+import evaluate_real
 import metrics
 import report
 import transfer as transfer_lib
@@ -382,6 +383,8 @@ class EvalOptions:
     rows: str = None            # development: score only rows matching this regex ...
     split: str = "test"         # ... on this split; written to rows.json, never results.json
     speed: bool = True          # the speed table (about 5 minutes)
+    real: tuple = ()            # folders of real recordings: the real-set table (evaluate_real)
+    real_files: int = 6         # ... excerpts from this many files of each folder
 
 
 def setup(opts, command):
@@ -399,6 +402,7 @@ def evaluate(opts, command):
     if opts.split != "test" and not opts.rows:
         raise ValueError("the report is scored on the test split; --split is for --rows "
                          "(development runs)")
+    real_files = evaluate_real.find_files(opts.real, opts.real_files) if opts.real else []
     provenance, judge, styles, cfg = setup(opts, command)
     sr, logmel = cfg.audio.sample_rate, judge.logmel
     main = load_split(opts.data, opts.split, sr, styles, opts.pieces)
@@ -434,6 +438,8 @@ def evaluate(opts, command):
         short = load_split(opts.data, "val", sr, styles, pieces=3)
         tuning["inversion"] = inversion_round_trips(models, short)
         results["tuning"] = tuning
+        if opts.real:
+            results["real"] = real_set(real_files, models, judge, val)
         if opts.speed:
             results["speed"] = speed_table(opts.ckpt_dir, opts.device, main)
     results["wall_seconds"] = time.perf_counter() - t_start
@@ -450,6 +456,25 @@ def evaluate_sweep(opts, command, pieces=2, seconds=4.0):
                                         seconds), judge)
     models = transfer_lib.load_models(opts.ckpt_dir, device=opts.device)
     return dict(provenance, sweep=sweep(models, val, judge),
+                wall_seconds=time.perf_counter() - t_start)
+
+
+def real_set(files, models, judge, val):
+    """The real-recording table, and the classifier's accuracy on val renders through the
+    recording chain (how far its judgement of recordings can be trusted)."""
+    real = evaluate_real.score_real(models, judge, files)
+    real["classifier_augmented_val"] = evaluate_real.augmented_accuracy(judge, val)
+    return real
+
+
+def evaluate_real_only(opts, command):
+    """Development: the real-set table alone (results/real.json and REAL.md)."""
+    t_start = time.perf_counter()
+    files = evaluate_real.find_files(opts.real, opts.real_files)
+    provenance, judge, styles, cfg = setup(opts, command)
+    val = load_split(opts.data, "val", cfg.audio.sample_rate, styles)
+    models = transfer_lib.load_models(opts.ckpt_dir, device=opts.device)
+    return dict(provenance, real=real_set(files, models, judge, val),
                 wall_seconds=time.perf_counter() - t_start)
 
 

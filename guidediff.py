@@ -201,20 +201,23 @@ def mel_projection(wave, spec, logmel, rounds, inner=3, momentum=0.9):
 
 
 def training_loss(model, wave, spec, logmel, p_pure_noise=0.25, mel_weight=1.0,
-                  generator=None):
+                  generator=None, guide=None):
     """Noise the waveform to a random level s, predict x0, and score the prediction with
     the normalised log-mel L1 plus the multi-resolution STFT distance (the metrics the
     evaluation reads; Vocos and Parallel WaveGAN train on the same pair, without a GAN here).
 
     s ~ U(0, 1], with p_pure_noise of the batch at s = 1: the first step of every schedule
-    starts from pure noise, so that level gets its own share of the training."""
-    B = wave.shape[0]
+    starts from pure noise, so that level gets its own share of the training. guide: the
+    log-mel the model is conditioned on, when it is not the wave's own (an autoencoder
+    round trip of it: the spectrograms the vocoder meets in use); the loss is against the
+    wave and its own log-mel either way."""
+    B, guide = wave.shape[0], spec if guide is None else guide
     s = torch.rand(B, generator=generator).to(wave).clamp_min(1e-3)
     s = torch.where(torch.rand(B, generator=generator).to(wave) < p_pure_noise,
                     torch.ones_like(s), s)
     eps = torch.randn(wave.shape, generator=generator).to(wave)
     x_s = (1 - s * s).sqrt()[:, None] * wave + s[:, None] * eps
-    x0_pred = model(x_s, spec, s)
+    x0_pred = model(x_s, guide, s)
     mel_l1 = (logmel(x0_pred) - spec).abs().mean()
     return mel_weight * mel_l1 + mrstft_distance(wave, x0_pred).mean()
 
@@ -257,15 +260,27 @@ def from_checkpoint(ckpt):
 
 
 class GuideDiffTraining(nn.Module):
-    """GuideDiff + the log-mel front end; forward returns the loss (one forward for DDP)."""
+    """GuideDiff + the log-mel front end; forward returns the loss (one forward for DDP).
 
-    def __init__(self, model, logmel, c):
+    chain: an augment.Chain for the training waves (it vocodes recordings too); autoencoder:
+    a frozen one whose round trips guide c.round_trip of the batch (not trained here)."""
+
+    def __init__(self, model, logmel, c, chain=None, autoencoder=None):
         super().__init__()
-        self.model, self.logmel, self.c = model, logmel, c
+        self.model, self.logmel, self.c, self.chain = model, logmel, c, chain
+        self.autoencoder = [autoencoder]    # a list: its weights are not this module's
 
     def forward(self, wave):
-        return training_loss(self.model, wave, self.logmel(wave), self.logmel,
-                                       self.c.p_pure_noise, self.c.mel_weight)
+        if self.chain is not None:
+            wave = self.chain(wave)
+        spec, guide = self.logmel(wave), None
+        if self.autoencoder[0] is not None and self.c.round_trip > 0:
+            with torch.no_grad():
+                trip = self.autoencoder[0](spec)[0].float()
+            use = (torch.rand(len(wave), device=wave.device) < self.c.round_trip)
+            guide = torch.where(use[:, None, None, None], trip, spec)
+        return training_loss(self.model, wave, spec, self.logmel, self.c.p_pure_noise,
+                             self.c.mel_weight, guide=guide)
 
 
 def score_vocoder(model, specs, waves, logmel, noise_levels, batch=8):

@@ -131,7 +131,7 @@ def crop_pair(x, y):
     return x[..., :n], y[..., :n]
 
 
-def _frame_cosine(ca, cb):
+def frame_cosine(ca, cb):
     """Mean over frames where both have energy of the cosine of (B, 12, T) chroma -> (B,)."""
     ca, cb = crop_pair(ca, cb)
     voiced = (ca.sum(1) > 0) & (cb.sum(1) > 0)                    # skip silent frames
@@ -142,7 +142,7 @@ def _frame_cosine(ca, cb):
 def content_similarity(wave_a, wave_b, sample_rate):
     """Mean frame-wise cosine of chroma (B,): 1 = same notes, whatever the instruments."""
     wave_a, wave_b = crop_pair(wave_a, wave_b)
-    return _frame_cosine(chroma(wave_a, sample_rate), chroma(wave_b, sample_rate))
+    return frame_cosine(chroma(wave_a, sample_rate), chroma(wave_b, sample_rate))
 
 
 def pitch_class_roll(events, frames, sample_rate, hop=CHROMA_HOP):
@@ -164,7 +164,7 @@ def notes_kept(wave, roll, sample_rate):
     """Mean frame-wise cosine (B,) of the chroma of wave (B, N) against the score's
     pitch-class roll (12, T): how much of what sounds are the piece's notes, whatever the
     instruments. The oracle render's value is the ceiling for this dataset."""
-    return _frame_cosine(chroma(wave, sample_rate), roll.expand(len(wave), -1, -1).to(wave))
+    return frame_cosine(chroma(wave, sample_rate), roll.expand(len(wave), -1, -1).to(wave))
 
 
 # ---------------------------------------------------------------- spectral distances

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+import evaluate_real
 import metrics
 
 
@@ -58,7 +59,8 @@ def save(results, out_dir, kind="results"):
     rows.json only, its tables returned)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = {"results": results_markdown, "sweep": sweep_markdown}.get(kind, rows_markdown)(results)
+    text = {"results": results_markdown, "sweep": sweep_markdown,
+            "real": real_markdown}.get(kind, rows_markdown)(results)
     files = {f"{kind}.json": json.dumps(results, indent=1)}
     if kind != "rows":
         files[f"{kind.upper()}.md"] = text
@@ -142,6 +144,9 @@ def results_markdown(r):
         if "vocoder" in t:
             text += f"GuideDiff settings (resynthesis):\n\n{results_table(t['vocoder'])}\n\n"
         text += inversion_markdown(t["inversion"])
+    if "real" in r:
+        text += "## Real recordings (development set)\n\n" + \
+            evaluate_real.real_markdown(r["real"]) + "\n"
     if "speed" in r:
         text += speed_markdown(r["speed"])
     return text + METRICS_NOTE + "\n"
@@ -222,6 +227,11 @@ def speed_markdown(sp):
             f"attention counted by torch's FlopCounterMode. Matmul ceiling measured before "
             f"the table: {sp['ceiling']['fp32']:.0f} GFLOP/s fp32, "
             f"{sp['ceiling']['bf16']:.0f} bf16.\n\n" + "\n".join(lines) + "\n\n")
+
+
+def real_markdown(r):
+    """REAL.md (a development run of the real set alone)."""
+    return header(r, "Real recordings (development run)") + evaluate_real.real_markdown(r["real"])
 
 
 def sweep_markdown(r):

@@ -12,11 +12,13 @@ warm-up, bf16 autocast, gradient accumulation, DDP under torchrun, atomic checkp
 import argparse
 import contextlib
 import copy
+import hashlib
 import json
 import math
 import os
 import sys
 import time
+import zlib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+import augment
 import autoencoder as ae_lib
 import baselines
 import config
@@ -245,24 +248,30 @@ def stage_classifier(args, cfg):
     torch.manual_seed(args.seed)
     model = metrics.StyleClassifier(len(train.styles), c.channels, c.emb_dim).to(device)
 
+    chain = augment.Chain(cfg.audio.sample_rate, p=c.augment, gain_db=c.gain_db)
+
     def loss_fn(model, batch, step):
         wave, label = batch
-        gain_db = (torch.rand(len(wave), 1, device=device) * 2 - 1) * c.gain_db
-        return F.cross_entropy(model(logmel(wave * 10 ** (gain_db / 20))), label)
+        return F.cross_entropy(model(logmel(chain(wave))), label)
 
     @torch.no_grad()
-    def validate(model):
+    def validate(model):                    # clean renders, and the same through a fixed chain
         loader = torch.utils.data.DataLoader(val, batch_size=64)
-        correct = sum((model(logmel(w.to(device))).argmax(-1).cpu() == y).sum().item()
-                      for w, y in loader)
-        return {"val_accuracy": correct / len(val)}
+        generator, clean, recorded = torch.Generator().manual_seed(0), 0, 0
+        for w, y in loader:
+            clean += (model(logmel(w.to(device))).argmax(-1).cpu() == y).sum().item()
+            w = augment.Chain(cfg.audio.sample_rate)(w, generator).to(device)
+            recorded += (model(logmel(w)).argmax(-1).cpu() == y).sum().item()
+        return {"val_accuracy": clean / len(val), "val_accuracy_augmented": recorded / len(val)}
 
     ema = train_loop(model, loss_fn, train, c, LoopOptions.from_args(args), "classifier",
                      validate, extra=lambda ema: dict(config=config.config_to_dict(cfg),
                                                       styles=train.styles))
     if rank == 0:
+        acc = validate(ema)
         print(f"classifier: {sum(p.numel() for p in ema.parameters())} parameters, validation "
-              f"accuracy {100 * validate(ema)['val_accuracy']:.1f}% on {len(val)} clips")
+              f"accuracy {100 * acc['val_accuracy']:.1f}% on {len(val)} clips, "
+              f"{100 * acc['val_accuracy_augmented']:.1f}% through the recording chain")
 
 
 def stage_autoencoder(args, cfg):
@@ -277,9 +286,11 @@ def stage_autoencoder(args, cfg):
     discriminator = ae_lib.PatchDiscriminator() if c.adv_weight > 0 else None
     model = ae_lib.AutoencoderTraining(autoencoder, discriminator, c).to(device)
 
+    chain = augment.Chain(cfg.audio.sample_rate, p=c.augment)
+
     def loss_fn(net, batch, step):
         wave, _ = batch
-        return net(logmel(wave), c.adv_weight if step >= c.disc_start else 0.0)
+        return net(logmel(chain(wave)), c.adv_weight if step >= c.disc_start else 0.0)
 
     @torch.no_grad()
     def validate(ema):
@@ -309,13 +320,40 @@ def stage_ldm(args, cfg):
     logmel, progress = LogMel(**asdict(cfg.audio)).to(device), tqdm if rank == 0 else None
     folders = [data.AudioFolder(args.data, split, cfg.audio.sample_rate, random_clips=False,
                                 styles=ae_ckpt["styles"]) for split in ("train", "val")]
-    dataset, val_set = (data.LatentClips(*data.encode_pieces(autoencoder, scale, logmel, f.waves,
-                                                             device, progress),
-                                         f.labels, c.latent_frames, c.ref_frames)
-                        for f in folders)                    # whole pieces' latents, cached
+    # Pairs exist only in the built-in data (every piece in every style); a user's folders
+    # train the paper's unpaired model.
+    c.paired = c.paired and (Path(args.data) / "metadata.json").is_file()
+    chain = augment.Chain(cfg.audio.sample_rate)
+
+    tag = hashlib.sha256((Path(args.ckpt_dir) / "autoencoder.pt").read_bytes()).hexdigest()[:12]
+
+    def clips(f, seed):             # latents cached in DATA/cache, named by what they depend on
+        files = zlib.crc32(repr([(str(p), p.stat().st_size, p.stat().st_mtime_ns)
+                                 for p in f.paths]).encode())
+
+        def encode(chain=None, seed=0):
+            how = f"{zlib.crc32(repr(chain).encode())}-{seed}" if chain else "clean"
+            cache = Path(args.data) / "cache" / f"{tag}-{files}-{how}-{int(args.bf16)}.pt"
+            return data.encode_pieces(autoencoder, scale, logmel, f.waves, device, progress,
+                                      chain, seed, cache, args.bf16)
+        clean = encode()
+        if not c.paired:
+            return data.LatentClips(*clean, f.labels, c.latent_frames, c.ref_frames)
+        recorded = [encode(chain, seed + v) for v in range(c.versions)]
+        return data.PairedLatentClips([clean] + recorded, f.labels, [p.stem for p in f.paths],
+                                      c.latent_frames, c.ref_frames)
+
+    dataset, val_set = clips(folders[0], 1), clips(folders[1], 1000)   # whole pieces, cached
     train = folders[0]
     torch.manual_seed(args.seed)
     model = unet.build_ldm(c, len(train.styles), cfg.audio.n_mels).to(device)
+    opts = LoopOptions.from_args(args)
+    if opts.init:                   # an unpaired checkpoint grows its source channels
+        new = unet.load_widened(model, config.load_checkpoint(opts.init, "ldm"))
+        model.train()
+        opts.init = None
+        if rank == 0 and new:
+            print(f"ldm: {len(new)} tensors not in {args.init} start fresh")
 
     def loss_fn(net, batch, step):
         return net(*batch)
@@ -328,7 +366,7 @@ def stage_ldm(args, cfg):
                                                       for i in range(0, len(val_set), 3)])
             return {"val_loss": ema(*(b.to(device) for b in batch)).item()}
 
-    train_loop(model, loss_fn, dataset, c, LoopOptions.from_args(args), "ldm", validate,
+    train_loop(model, loss_fn, dataset, c, opts, "ldm", validate,
                extra=lambda ema: dict(config=config.config_to_dict(cfg), styles=train.styles,
                                       latent_scale=scale))
     if rank == 0:
@@ -344,7 +382,13 @@ def stage_guidediff(args, cfg):
     val_waves = torch.stack([val[i][0] for i in keep]).to(device)
     val_specs = logmel(val_waves)
     torch.manual_seed(args.seed)
-    model = guidediff.GuideDiffTraining(guidediff.build(cfg), logmel, c).to(device)
+    ae_path = Path(args.ckpt_dir) / "autoencoder.pt"   # round trips, if there is one
+    autoencoder = (ae_lib.from_checkpoint(config.load_checkpoint(ae_path, "autoencoder"))
+                   .to(device).requires_grad_(False) if c.round_trip > 0 and ae_path.is_file()
+                   else None)
+    model = guidediff.GuideDiffTraining(guidediff.build(cfg), logmel, c,
+                                        augment.Chain(cfg.audio.sample_rate, p=c.augment),
+                                        autoencoder).to(device)
 
     def loss_fn(net, batch, step):
         return net(batch[0])
@@ -381,9 +425,14 @@ def stage_eval(args, cfg):
     """The results tables: evaluate.py scores, report.py writes (see its docstring)."""
     opts = evaluate.EvalOptions(data=args.data, ckpt_dir=args.ckpt_dir, device=args.device,
                                 pieces=args.pieces, rows=args.rows, split=args.split,
-                                speed=not args.no_speed)
+                                speed=not args.no_speed, real=tuple(args.real or ()),
+                                real_files=args.real_files)
     command = "python " + " ".join(sys.argv)
-    if args.sweep:
+    if args.only_real:                      # development: the real-set table alone
+        if not args.real:
+            raise ValueError("--only-real needs --real DIR [DIR ...]")
+        print(report.save(evaluate.evaluate_real_only(opts, command), args.results, "real"))
+    elif args.sweep:
         print(report.save(evaluate.evaluate_sweep(opts, command), args.results, "sweep"))
     else:                                   # --rows: development rows, never RESULTS.md
         print(report.save(evaluate.evaluate(opts, command), args.results,
@@ -419,6 +468,12 @@ def parse_args(argv=None):
     g.add_argument("--split", default="test", choices=("test", "val"),
                    help="with --rows: the split to score (tune on val)")
     g.add_argument("--no-speed", action="store_true", help="skip the speed table (5 min)")
+    g.add_argument("--real", nargs="+", metavar="DIR", help="folders of real recordings: "
+                   "excerpts of their files go into every style (the real-set table)")
+    g.add_argument("--real-files", type=int, default=6, metavar="N",
+                   help="with --real: excerpts from N files of each folder, spread evenly")
+    g.add_argument("--only-real", action="store_true", help="development: the real-set table "
+                   "alone, to results/real.json and REAL.md, never RESULTS.md")
     p.add_argument("--compile", action="store_true", help="torch.compile the trained model")
     p.add_argument("--baseline", choices=baselines.NAMES, help="baselines: train only this one")
     p.add_argument("--resume", action="store_true", help="continue from CKPT_DIR/STAGE.train.pt")

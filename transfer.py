@@ -225,7 +225,7 @@ def stylize(models, spec, context, *, source_context=None, strength=STRENGTH, mo
         z = in_chunks(lambda s: ae.encode(s).mode(), spec, AE_CHUNK, AE_MARGIN, 1 / f).float()
         z = z * scale
     model = diffusion.windowed(ldm.unet, z.shape[-1], window, overlap, WINDOW_BATCH,
-                               bf16=models.bf16)
+                               bf16=models.bf16, cond=z if ldm.paired else None)
     null, prediction = ldm.style.null_context(1), ldm.c.prediction
     t_start = int(round(strength * (ldm.sched.T - 1)))
     windows = len(diffusion.window_starts(z.shape[-1], window, overlap))

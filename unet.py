@@ -67,7 +67,7 @@ class UNet(nn.Module):
 
     def __init__(self, in_channels=4, model_channels=64, channel_mult=(1, 2, 2),
                  attention=(False, True, True), num_res_blocks=1, context_dim=128, heads=4,
-                 dim_head=32, dropout=0.0, fused_attention=True):
+                 dim_head=32, dropout=0.0, fused_attention=True, out_channels=None):
         super().__init__()
         emb_dim = 4 * model_channels
         self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(),
@@ -104,7 +104,8 @@ class UNet(nn.Module):
                     layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
                     layers.append(nn.Conv2d(c, c, 3, padding=1))
                 self.up.append(nn.ModuleList(layers))
-        self.out = nn.Sequential(_norm(c), nn.SiLU(), nn.Conv2d(c, in_channels, 3, padding=1))
+        self.out = nn.Sequential(_norm(c), nn.SiLU(),
+                                 nn.Conv2d(c, out_channels or in_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
@@ -173,35 +174,64 @@ class StyleEncoder(nn.Module):
 
 class LatentDiffusion(nn.Module):
     """U-Net + style encoder + noise schedule; forward returns the training loss (one
-    forward for DDP); sampling uses .unet, .style and .sched with diffusion.py."""
+    forward for DDP); sampling uses .unet, .style and .sched with diffusion.py.
+
+    paired (c.paired): the U-Net also sees the source latent as extra input channels, so it
+    learns p(z_target | z_source, style) from the built-in data's pairs (the same piece in
+    another style, the source sent through the recording chain); like Palette (Saharia et
+    al. 2022) and InstructPix2Pix (Brooks et al. 2023). Without pairs (a user's folders)
+    it is the paper's model, p(z | style), and transfer goes through inversion or SDEdit."""
 
     def __init__(self, unet_model, style, c):
         super().__init__()
         self.unet, self.style, self.c = unet_model, style, c
+        self.paired = c.paired
         self.sched = diffusion.make_schedule(c.schedule, c.timesteps)
 
-    def forward(self, z0, labels, ref_spec):
+    def forward(self, z0, labels, ref_spec, z_src=None):
         B, c = len(z0), self.c
         from_label, from_ref = self.style.from_labels(labels), self.style.from_reference(ref_spec)
         use_ref = (torch.rand(B, device=z0.device) < c.ref_prob)[:, None, None]
         context = torch.where(use_ref, from_ref, from_label)
         drop = (torch.rand(B, device=z0.device) < c.cond_drop)[:, None, None]
         context = torch.where(drop, self.style.null_context(B), context)
-        loss = diffusion.training_loss(self.sched, self.unet, z0, context, c.prediction)
+        if self.paired:                     # the source, dropped now and then (zeros)
+            keep = (torch.rand(B, device=z0.device) >= c.source_drop)[:, None, None, None]
+            z_src = z_src * keep
+
+        def model(x_t, t, ctx):
+            return self.unet(torch.cat([x_t, z_src.to(x_t)], 1) if self.paired else x_t, t, ctx)
+        loss = diffusion.training_loss(self.sched, model, z0, context, c.prediction)
         # One token space: a clip of a style should name it as its label does.
         align = (from_ref - from_label.detach()).pow(2).mean()
         return loss + c.align_weight * align
 
 
-def build_ldm(c, n_styles, n_mels):
+def build_ldm(c, n_styles, n_mels, latent_channels=4):
     return LatentDiffusion(
-        UNet(4, c.model_channels, c.channel_mult, c.attention, c.num_res_blocks,
-             c.context_dim, c.heads, c.dim_head),
+        UNet(latent_channels * (2 if c.paired else 1), c.model_channels, c.channel_mult,
+             c.attention, c.num_res_blocks, c.context_dim, c.heads, c.dim_head,
+             out_channels=latent_channels),
         StyleEncoder(n_styles, n_mels, c.tokens, c.context_dim), c)
 
 
 def from_checkpoint(ckpt):
     """The LatentDiffusion of a loaded ldm.pt (config.load_checkpoint)."""
+    ckpt["config"]["ldm"].setdefault("paired", False)     # made before paired training
     cfg = config.config_from_dict(ckpt["config"])
     model = build_ldm(cfg.ldm, len(ckpt["styles"]), cfg.audio.n_mels)
     return config.load_weights(model, ckpt, "ldm")
+
+
+def load_widened(model, ckpt):
+    """Start a paired model from an unpaired checkpoint's weights: the input convolution's
+    new source channels start at zero, so the first step computes what the checkpoint
+    did (InstructPix2Pix's initialisation). Returns the names it did not find."""
+    state = dict(ckpt["model"])
+    key = "unet.input_conv.weight"
+    new = model.state_dict()[key]
+    if key in state and state[key].shape != new.shape:
+        old = state[key]
+        state[key] = torch.zeros_like(new)
+        state[key][:, :old.shape[1]] = old
+    return config.load_weights(model, dict(model=state), "ldm", grow=True)[1]

@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import config
-import data
 from stft import LogMel
 
 KIND = "vocoder"

@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 import data
+import music
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,47 +25,28 @@ def soundfont():
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("builtin")
-    meta = data.build_dataset(out, pieces=4, seconds=3.0, seed=7, workers=2)
+    meta = data.build_dataset(out, pieces=4, seconds=3.0, seed=7, workers=2,
+                              soundfonts=["timgm6mb"])
     return out, meta
-
-
-def test_compose_is_seeded():
-    a, b, c = data.compose(1, 6.0), data.compose(1, 6.0), data.compose(2, 6.0)
-    assert a == b
-    assert a["events"] != c["events"]
-    assert all(0 <= e["start"] < e["end"] <= 6.0 for e in a["events"])
-    assert {e["role"] for e in a["events"]} == {"melody", "chord", "bass"}
 
 
 def test_same_seed_identical_audio(soundfont):
     rng = np.random.default_rng(0)
     seed = int(rng.integers(1 << 30))
-    piece = data.compose(seed, 3.0)
-    x = data.render_piece(soundfont, piece, "rock", seconds=3.0)
-    y = data.render_piece(soundfont, data.compose(seed, 3.0), "rock", seconds=3.0)
-    z = data.render_piece(soundfont, data.compose(seed + 1, 3.0), "rock", seconds=3.0)
+    fonts = {"timgm6mb": soundfont}
+    orch = music.orchestrate(seed, "rock", list(fonts))
+    x = data.render_piece(fonts, music.compose(seed, 3.0), "rock", orch, seconds=3.0)
+    y = data.render_piece(fonts, music.compose(seed, 3.0), "rock", orch, seconds=3.0)
+    z = data.render_piece(fonts, music.compose(seed + 1, 3.0), "rock", orch, seconds=3.0)
     assert x.shape == (48000,) and np.array_equal(x, y)
     assert not np.allclose(x, z)
 
 
-@pytest.mark.parametrize("seed", [3, 11])
-def test_same_notes_in_every_style(seed):
-    """Melody identical, and each bar's harmony (pitch classes) identical, in every style."""
-    piece = data.compose(seed, 8.0)
-    melody = sorted((e["pitch"], e["start"], e["end"]) for e in piece["events"]
-                    if e["role"] == "melody")
-    harmony = None
-    for style in data.STYLES:
-        parts = data.arrange(piece, style, 8.0)
-        assert sorted((p, s, e) for _, _, p, _, s, e in parts["melody"]) == melody
-        bar = 4 * 60.0 / piece["tempo"]
-        pcs = {}
-        for _, _, p, _, s, _ in parts["chords"]:
-            pcs.setdefault(int(s / bar + 0.01), set()).add(p % 12)
-        if harmony is None:
-            harmony = pcs
-        assert pcs == harmony, style
-        assert all(0 <= s < e for *_, s, e in sum(parts.values(), []))
+def test_soundfont_names():
+    found = data.available_soundfonts()
+    assert "timgm6mb" in found and all(Path(p).is_file() for p, _ in found.values())
+    with pytest.raises(ValueError, match="unknown SoundFont"):
+        data.available_soundfonts(["fluidr3"])
 
 
 def test_no_style_silent_or_clipping(built):
@@ -88,9 +71,10 @@ def test_build_layout_and_disjoint_splits(built):
     assert not (ids["val"] & ids["test"])
     assert set().union(*ids.values()) == set(range(4))
     for p in meta["pieces"]:
-        for style in data.STYLES:
+        for style in music.STYLES:
             assert (out / p["split"] / style / f"{p['id']}.wav").is_file()
-        assert p["events"] and p["events"] == data.compose(p["seed"], 3.0)["events"]
+            assert p["orchestration"][style]["parts"]["melody"]["font"] == "timgm6mb"
+        assert p["events"] and p["events"] == music.compose(p["seed"], 3.0)["events"]
 
 
 @pytest.mark.parametrize("n", [3, 10, 60, 101])
@@ -146,8 +130,8 @@ def test_audio_folder_errors(tmp_path):
 def test_audio_folder_reads_builtin_splits(built):
     out, meta = built
     ds = data.AudioFolder(out, split="test", clip_seconds=1.0, random_clips=False)
-    assert ds.styles == sorted(data.STYLES)
-    assert len(ds) == len(meta["splits"]["test"]) * len(data.STYLES) * 3
+    assert ds.styles == sorted(music.STYLES)
+    assert len(ds) == len(meta["splits"]["test"]) * len(music.STYLES) * 3
 
 
 def test_cli_rejects_bad_pieces(tmp_path):
@@ -156,3 +140,28 @@ def test_cli_rejects_bad_pieces(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "--pieces" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_paired_latent_clips_pair_the_same_piece_at_the_same_moment():
+    """Each value of a fake latent encodes (piece, style, version, frame): the source must be
+    the target's piece, at the same frames, in any style and version."""
+    pieces, styles, versions, frames = ["p0", "p1", "p2"], 3, 3, 40
+    ids = [(p, s) for p in range(len(pieces)) for s in range(styles)]
+    def latent(p, s, v):
+        return (1000 * p + 100 * s + 10 * v + torch.arange(frames) / 100.0).expand(2, 3, frames)
+    ver = [([latent(p, s, v) for p, s in ids], [torch.full((1, 8, 4 * frames), float(s))
+                                                 for p, s in ids]) for v in range(versions)]
+    ds = data.PairedLatentClips(ver, [s for _, s in ids], [pieces[p] for p, _ in ids], 16, 32)
+    seen = set()
+    torch.manual_seed(0)
+    for _ in range(200):
+        i = int(torch.randint(len(ds), ()))
+        z0, label, ref, src = ds[i]
+        p, s = ids[i]
+        assert label == s and z0.shape == src.shape == (2, 3, 16) and ref.shape == (1, 8, 32)
+        assert int(z0[0, 0, 0]) // 10 == 100 * p + 10 * s             # clean target (version 0)
+        torch.testing.assert_close(z0 % 1, src % 1, atol=1e-3, rtol=0)  # the same frames
+        assert int(src[0, 0, 0]) // 1000 == p                          # the same piece
+        assert (ref == s).all()                                       # a reference in style s
+        seen.add(int(src[0, 0, 0]) % 1000 // 10)
+    assert len(seen) == styles * versions                             # every style and version

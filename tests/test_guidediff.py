@@ -165,3 +165,28 @@ def test_mlp_head_grows_from_a_linear_head_model():
         config.load_weights(tiny(), {"model": grown.state_dict()}, "guidediff", grow=True)
     with pytest.raises(ValueError, match="does not fit"):
         config.load_weights(grown, {"model": old.state_dict()}, "guidediff")
+
+
+def test_training_is_guided_by_round_trips_against_the_true_wave():
+    """With round_trip = 1 the model hears the autoencoder's log-mel, while the loss is
+    scored against the wave's own; with 0 (or no autoencoder) it hears the wave's own."""
+    model, heard = tiny(), []
+    forward = model.forward
+
+    def spy(x_s, spec, s):
+        heard.append(spec.clone())
+        return forward(x_s, spec, s)
+    model.forward = spy
+
+    class Blur(torch.nn.Module):            # a stand-in autoencoder: a known, lossy round trip
+        def forward(self, spec):
+            return torch.nn.functional.avg_pool2d(spec, 3, 1, 1), None
+    wave = torch.randn(2, 4096) * 0.1
+    spec = model.logmel(wave)
+    for share, expected in ((1.0, Blur()(spec)[0]), (0.0, spec)):
+        c = config.GuideDiffConfig(round_trip=share)
+        loss = guidediff.GuideDiffTraining(model, model.logmel, c, None, Blur())(wave)
+        torch.testing.assert_close(heard[-1], expected)
+        assert torch.isfinite(loss)
+    guidediff.GuideDiffTraining(model, model.logmel, config.GuideDiffConfig(), None, None)(wave)
+    torch.testing.assert_close(heard[-1], spec)

@@ -84,6 +84,18 @@ def test_windowed_model_equals_a_positionwise_model():
     torch.testing.assert_close(other(x, t, c), torch.ones_like(x))
 
 
+def test_windowed_cond_reaches_each_window_in_place():
+    """Source channels are cut into the same windows as x_t: a model that adds the source
+    position-wise gives x + source everywhere, and the batch of guidance (2 B) sees it."""
+    def model(x, t, c):
+        return x[:, :4] + 2 * x[:, 4:]
+
+    x, src = torch.randn(2, 4, 8, 100), torch.randn(1, 4, 8, 100)
+    t, c = torch.tensor([10, 700]), torch.randn(2, 3, 5)
+    out = diffusion.windowed(model, 100, 16, 4, batch=5, bf16=False, cond=src)(x, t, c)
+    torch.testing.assert_close(out, x + 2 * src)
+
+
 @pytest.mark.parametrize("scale", [0.25, 1.0, 4.0])
 def test_in_chunks_equals_one_call(scale):
     """Chunks with enough context reproduce a local operator exactly."""

@@ -53,3 +53,33 @@ def test_style_encoder_token_space():
     for frames in (64, 101):
         assert enc.from_reference(torch.randn(2, 1, 128, frames)).shape == (2, 3, 24)
     assert enc.null_context(4).shape == (4, 3, 24)
+
+
+def test_paired_model_sees_the_source_and_widening_keeps_the_old_function():
+    """A paired LDM's U-Net takes the source as extra channels; started from an unpaired
+    checkpoint (load_widened) it computes exactly what that one did, until trained."""
+    import config
+    import unet
+    c = config.LDMConfig(model_channels=16, context_dim=24, heads=2, dim_head=8, paired=False)
+    torch.manual_seed(1)
+    old = unet.build_ldm(c, 3, 32)
+    for p in old.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    paired = unet.build_ldm(config.LDMConfig(**{**c.__dict__, "paired": True}), 3, 32)
+    assert paired.unet.input_conv.in_channels == 8 and paired.unet.out[-1].out_channels == 4
+    new = unet.load_widened(paired, dict(model=old.state_dict()))
+    assert not new
+    x, src = torch.randn(2, 4, 8, 16), torch.randn(2, 4, 8, 16)
+    t, ctx = torch.tensor([5, 900]), torch.randn(2, 4, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(paired.unet(torch.cat([x, src], 1), t, ctx),
+                                   old.unet(x, t, ctx))
+        for p in paired.parameters():
+            torch.nn.init.normal_(p, std=0.1)
+        a = paired.unet(torch.cat([x, src], 1), t, ctx)
+        b = paired.unet(torch.cat([x, torch.randn_like(src)], 1), t, ctx)
+    assert not torch.allclose(a, b, atol=1e-4)             # the source reaches the output
+    labels, ref = torch.tensor([0, 2]), torch.randn(2, 1, 32, 64)
+    loss = paired(x, labels, ref, src)
+    loss.backward()
+    assert torch.isfinite(loss) and paired.unet.input_conv.weight.grad[:, 4:].abs().sum() > 0
