@@ -36,7 +36,7 @@ WINDOW_SECONDS = 4.0     # the classifier's clip: outputs are judged in windows 
 GRIFFIN_LIM_ITERS = 64
 VOCODER_STEPS = (1, 2, 4, 8)             # GuideDiff tuning rows (val): steps at the default
 PROJECTION_ROWS = (0, 8, 16, 32)         # projections, and projections at the default steps
-SWEEP = dict(mode=("sdedit", "inversion"), strength=(0.5, 0.7, 0.9), guidance=(1.0, 3.0, 5.0))
+SWEEP = dict(mode=("sdedit", "inversion"), strength=(0.5, 0.7, 0.9, 1.0), guidance=(1.0, 3.0, 5.0))
 
 
 @dataclass
