@@ -341,3 +341,25 @@ def encode_pieces(autoencoder, scale, logmel, waves, device, progress=None, chai
         torch.save([latents, specs], tmp)
         os.replace(tmp, cache)
     return latents, specs
+
+
+def latent_clips(folder, autoencoder, scale, logmel, device, c, chain, seed, cache_dir, tag,
+                 bf16=False, progress=None):
+    """The LDM's training items from an AudioFolder: PairedLatentClips (clean latents, and
+    c.versions recorded through `chain`) when c.paired, else LatentClips. Each encoding is
+    cached in cache_dir under a name made of what it depends on: the autoencoder (`tag`),
+    the files (paths, sizes, times), the chain and its seed, and bf16."""
+    files = zlib.crc32(repr([(str(p), p.stat().st_size, p.stat().st_mtime_ns)
+                             for p in folder.paths]).encode())
+
+    def encode(chain=None, seed=0):
+        how = f"{zlib.crc32(repr(chain).encode())}-{seed}" if chain else "clean"
+        cache = Path(cache_dir) / f"{tag}-{files}-{how}-{int(bf16)}.pt"
+        return encode_pieces(autoencoder, scale, logmel, folder.waves, device, progress,
+                             chain, seed, cache, bf16)
+    clean = encode()
+    if not c.paired:
+        return LatentClips(*clean, folder.labels, c.latent_frames, c.ref_frames)
+    recorded = [encode(chain, seed + v) for v in range(c.versions)]
+    return PairedLatentClips([clean] + recorded, folder.labels, [p.stem for p in folder.paths],
+                             c.latent_frames, c.ref_frames)

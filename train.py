@@ -18,7 +18,6 @@ import math
 import os
 import sys
 import time
-import zlib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -327,23 +326,11 @@ def stage_ldm(args, cfg):
 
     tag = hashlib.sha256((Path(args.ckpt_dir) / "autoencoder.pt").read_bytes()).hexdigest()[:12]
 
-    def clips(f, seed):             # latents cached in DATA/cache, named by what they depend on
-        files = zlib.crc32(repr([(str(p), p.stat().st_size, p.stat().st_mtime_ns)
-                                 for p in f.paths]).encode())
+    def clips(folder, seed):        # whole pieces' latents, cached in DATA/cache
+        return data.latent_clips(folder, autoencoder, scale, logmel, device, c, chain, seed,
+                                 Path(args.data) / "cache", tag, args.bf16, progress)
 
-        def encode(chain=None, seed=0):
-            how = f"{zlib.crc32(repr(chain).encode())}-{seed}" if chain else "clean"
-            cache = Path(args.data) / "cache" / f"{tag}-{files}-{how}-{int(args.bf16)}.pt"
-            return data.encode_pieces(autoencoder, scale, logmel, f.waves, device, progress,
-                                      chain, seed, cache, args.bf16)
-        clean = encode()
-        if not c.paired:
-            return data.LatentClips(*clean, f.labels, c.latent_frames, c.ref_frames)
-        recorded = [encode(chain, seed + v) for v in range(c.versions)]
-        return data.PairedLatentClips([clean] + recorded, f.labels, [p.stem for p in f.paths],
-                                      c.latent_frames, c.ref_frames)
-
-    dataset, val_set = clips(folders[0], 1), clips(folders[1], 1000)   # whole pieces, cached
+    dataset, val_set = clips(folders[0], 1), clips(folders[1], 1000)
     train = folders[0]
     torch.manual_seed(args.seed)
     model = unet.build_ldm(c, len(train.styles), cfg.audio.n_mels).to(device)
