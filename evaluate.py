@@ -31,6 +31,7 @@ import report
 import transfer as transfer_lib
 from stft import LogMel, griffin_lim, mrstft_distance
 
+EVAL_PIECES = 12         # pieces of each split scored: 360 transfers of 12 s, about an hour
 FAD_DIMS = 16            # FAD-C in the top principal directions of the train split's embeddings
 WINDOW_SECONDS = 4.0     # the classifier's clip: outputs are judged in windows of this length
 GRIFFIN_LIM_ITERS = 64
@@ -379,7 +380,7 @@ class EvalOptions:
     data: str = "data/builtin"
     ckpt_dir: str = "checkpoints"
     device: str = "cpu"
-    pieces: int = None          # None: every piece of the split
+    pieces: int = None          # None: the first EVAL_PIECES of each split (sweep: its own)
     rows: str = None            # development: score only rows matching this regex ...
     split: str = "test"         # ... on this split; written to rows.json, never results.json
     speed: bool = True          # the speed table (about 5 minutes)
@@ -405,7 +406,7 @@ def evaluate(opts, command):
     real_files = evaluate_real.find_files(opts.real, opts.real_files) if opts.real else []
     provenance, judge, styles, cfg = setup(opts, command)
     sr, logmel = cfg.audio.sample_rate, judge.logmel
-    main = load_split(opts.data, opts.split, sr, styles, opts.pieces)
+    main = load_split(opts.data, opts.split, sr, styles, opts.pieces or EVAL_PIECES)
     train = load_split(opts.data, "train", sr, styles, len(main.pieces))
     floor = fad_basis_and_floor(main, train, judge)
     models = transfer_lib.load_models(opts.ckpt_dir, device=opts.device)
@@ -430,7 +431,7 @@ def evaluate(opts, command):
                    transfer=score_rows(transfer_rows, main, judge, False, references),
                    resynthesis=score_rows(resynthesis_rows, main, judge, True, references))
     if not opts.rows:                       # tuning tables on val, then the speed table
-        val = load_split(opts.data, "val", sr, styles)
+        val = load_split(opts.data, "val", sr, styles, opts.pieces or EVAL_PIECES)
         tuning = dict(split=split_summary(val, sr))
         if models.vocoder is not None:
             tuning["vocoder"] = score_rows(guidediff_systems(models.vocoder, logmel,

@@ -444,7 +444,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=None, help="training steps (default: preset)")
     p.add_argument("--batch-size", type=int, default=None, help="default: preset")
     p.add_argument("--pieces", type=int, default=None,
-                   help="data: pieces to build (default: preset); eval: test pieces to score")
+                   help="data: pieces to build (default: preset); eval: pieces of each split "
+                   "to score (default 12)")
     g = p.add_argument_group("eval stage")
     g.add_argument("--sweep", action="store_true",
                    help="the LDM strength x guidance sweep on val (2 pieces, 4 s): "
