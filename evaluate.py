@@ -440,7 +440,7 @@ def evaluate(opts, command):
         tuning["inversion"] = inversion_round_trips(models, short)
         results["tuning"] = tuning
         if opts.real:
-            results["real"] = real_set(real_files, models, judge, val)
+            results["real"] = real_set(opts.real, real_files, models, judge, val)
         if opts.speed:
             results["speed"] = speed_table(opts.ckpt_dir, opts.device, main)
     results["wall_seconds"] = time.perf_counter() - t_start
@@ -460,10 +460,11 @@ def evaluate_sweep(opts, command, pieces=2, seconds=4.0):
                 wall_seconds=time.perf_counter() - t_start)
 
 
-def real_set(files, models, judge, val):
+def real_set(folders, files, models, judge, val):
     """The real-recording table, and the classifier's accuracy on val renders through the
     recording chain (how far its judgement of recordings can be trusted)."""
     real = evaluate_real.score_real(models, judge, files)
+    real["folders"] = list(folders)
     real["classifier_augmented_val"] = evaluate_real.augmented_accuracy(judge, val)
     return real
 
@@ -475,7 +476,7 @@ def evaluate_real_only(opts, command):
     provenance, judge, styles, cfg = setup(opts, command)
     val = load_split(opts.data, "val", cfg.audio.sample_rate, styles)
     models = transfer_lib.load_models(opts.ckpt_dir, device=opts.device)
-    return dict(provenance, real=real_set(files, models, judge, val),
+    return dict(provenance, real=real_set(opts.real, files, models, judge, val),
                 wall_seconds=time.perf_counter() - t_start)
 
 

@@ -130,7 +130,8 @@ def augmented_accuracy(judge, split, window_seconds=4.0, seed=0):
 
 def real_markdown(real):
     """The per-style table of the real set (RESULTS.md and REAL.md)."""
-    folders = sorted({str(Path(e["file"]).parent) for e in real["excerpts"]})
+    folders = real.get("folders") or sorted({str(Path(e["file"]).parent)
+                                              for e in real["excerpts"]})
     lines = ["| target style | classifier names the target (%) ↑ | content kept ↑ | "
              "lowest content kept | unchanged source named the target (%) | outputs |",
              "|---|---:|---:|---:|---:|---:|"]
