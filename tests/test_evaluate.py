@@ -76,6 +76,19 @@ def test_report_tables_come_from_the_results(tmp_path):
     assert "| identity | " in text and "abc+changes" in text and "notes kept" in text
     report.save(results, tmp_path / "dev", "rows")
     assert sorted(p.name for p in (tmp_path / "dev").iterdir()) == ["rows.json"]
+    # The real-set table, per target style, in RESULTS.md and in a development REAL.md.
+    per_style = {s: dict(accuracy=50.0 + k, content_kept=0.5, content_kept_min=0.1,
+                         identity_accuracy=10.0, outputs=4) for k, s in enumerate(split.styles)}
+    results["real"] = dict(excerpts=[dict(file="/music/a.ogg", seconds=15.0, sample_rate=44100)],
+                           excerpt_seconds=15.0, styles=per_style, folders=["/music"],
+                           mean=dict(accuracy=51.0, content_kept=0.5),
+                           classifier_augmented_val=97.5)
+    text = report.save(results, tmp_path)
+    assert "## Real recordings" in text and "97.5%" in text and "/music" in text
+    for k, style in enumerate(split.styles):
+        assert f"| {style} | {50.0 + k:.1f} | 0.500 |" in text
+    real = report.save(results, tmp_path / "dev", "real")
+    assert (tmp_path / "dev" / "REAL.md").read_text() == real and "| **mean** | 51.0" in real
 
 
 @pytest.mark.skipif(not (CKPT / "ldm.pt").is_file(), reason="no committed checkpoints")
