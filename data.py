@@ -25,7 +25,7 @@ from scipy.signal import resample_poly
 
 import music
 
-AUDIO_EXTS = (".wav", ".flac", ".ogg")
+AUDIO_EXTS = (".wav", ".flac", ".ogg", ".opus")   # what libsndfile reads
 SPLITS = ("train", "val", "test")
 
 # ---------------------------------------------------------------- rendering
@@ -66,7 +66,7 @@ def render_piece(fonts, piece, style, orchestration, sample_rate=16000, seconds=
     for part, notes in music.arrange(piece, style, seconds, orchestration).items():
         inst = orchestration["parts"][part]
         font = fonts[inst["font"]]
-        if (inst["bank"], inst["program"]) not in font._presets:   # a kit the font lacks
+        if not font.has_preset(inst["bank"], inst["program"]):     # a kit the font lacks
             notes = [(b, 0, *rest) for b, _, *rest in notes]
         mix += inst["gain"] * font.render(notes, sample_rate, duration=seconds)[:n]
     rms = float(np.sqrt(np.mean(mix ** 2)))
@@ -189,7 +189,8 @@ def _split_of_file(rel_path):
 
 
 class AudioFolder(torch.utils.data.Dataset):
-    """Clips from ROOT/<style>/**/*.{wav,flac,ogg} (the GTZAN layout) or ROOT/<split>/<style>/...
+    """Clips from ROOT/<style>/**/*.{wav,flac,ogg,opus} (the GTZAN layout) or
+    ROOT/<split>/<style>/...
 
     random_clips=True: one random clip per file and epoch (training); False: every file cut
     into consecutive clips at fixed offsets (evaluation). Items are (wave (N,), style index).

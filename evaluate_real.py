@@ -29,7 +29,6 @@ import transfer as transfer_lib
 
 EXCERPT_SECONDS = 15.0
 SHIFTS = (2.0, 3.0, 4.0, 5.0)     # seconds: the "wrong moment" the chance level is taken at
-AUDIO_EXTS = data.AUDIO_EXTS + (".opus",)
 
 
 def find_files(dirs, per_dir=None):
@@ -41,7 +40,7 @@ def find_files(dirs, per_dir=None):
         if not d.is_dir():
             raise ValueError(f"--real {d} is not a folder; install the music (see the README) "
                              f"or point --real at a folder of audio files")
-        found = sorted(p for p in d.rglob("*") if p.suffix.lower() in AUDIO_EXTS)
+        found = sorted(p for p in d.rglob("*") if p.suffix.lower() in data.AUDIO_EXTS)
         if not found:
             raise ValueError(f"no audio files under {d}")
         if per_dir and len(found) > per_dir:

@@ -203,6 +203,9 @@ class SoundFont:
         """Sorted [(bank, program, name)]; bank 128 holds the percussion kits."""
         return sorted((b, p, n) for (b, p), (n, _) in self._presets.items())
 
+    def has_preset(self, bank, program):
+        return (bank, program) in self._presets
+
     def _regions(self, bank, program):
         if (bank, program) not in self._presets:
             near = sorted(self.presets, key=lambda x: (abs(x[0] - bank), abs(x[1] - program)))[:3]

@@ -27,6 +27,7 @@ def test_parses_general_midi_font(sf):
     names = {(b, p): n for b, p, n in sf.presets}
     assert "Piano" in names[0, 0] and (128, 0) in names    # bank 128: the GM drum kit
     assert sf.presets == sorted(sf.presets)
+    assert sf.has_preset(128, 25) and not sf.has_preset(128, 99)
 
 
 def test_errors_name_the_problem(sf, tmp_path):
