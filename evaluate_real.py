@@ -56,7 +56,7 @@ def read_excerpt(path, seconds=EXCERPT_SECONDS):
     n = int(seconds * info.samplerate)
     start = max(0, min(int(30 * info.samplerate), info.frames // 3, info.frames - n))
     wave, sr = sf.read(str(path), start=start, frames=n, dtype="float32", always_2d=True)
-    return transfer_lib.to_mono(wave, str(path)), sr
+    return wave.mean(axis=1), sr
 
 
 def _shifted_match(c_a, c_b, frames):

@@ -134,10 +134,12 @@ class GuideDiff(nn.Module):
 
     @torch.no_grad()
     def vocode(self, spec, steps=None, noise_levels=None, eta=0.0, generator=None,
-               length=None, projections=None):
+               length=None, projections=None, noise=None):
         """Log-mel (B, 1, n_mels, T) -> waveform (B, N), N = length or hop (T - 1), in
         len(noise_levels) denoiser calls (default: the stored schedule for `steps`), then
-        `projections` rounds of mel_projection (default: self.projections)."""
+        `projections` rounds of mel_projection (default: self.projections). noise: the
+        starting noise (B, N) (default: drawn from generator), so that a song vocoded in
+        overlapping blocks can share one noise signal."""
         projections = self.projections if projections is None else projections
         if noise_levels is None:
             steps = steps or self.default_steps
@@ -146,7 +148,8 @@ class GuideDiff(nn.Module):
             noise_levels = self.schedules[steps]
         B, N = spec.shape[0], length or self.hop * (spec.shape[-1] - 1)
         g = self.guide(spec)
-        x = noise_levels[0] * torch.randn(B, N, generator=generator).to(spec)
+        noise = torch.randn(B, N, generator=generator) if noise is None else noise
+        x = noise_levels[0] * noise.to(spec)
         for i, s in enumerate(noise_levels):
             x0 = self.denoise(x, g, torch.full((B,), s, device=spec.device))
             if i == len(noise_levels) - 1:

@@ -9,6 +9,7 @@ style and against the notes of the piece.
     per-item metrics: waves (B, N) or specs (B, 1, n_mels, T) -> (B,)
     set metrics (FAD-C, KID): embeddings (N, D) x (M, D) -> one number
 """
+import contextlib
 import statistics
 import time
 
@@ -212,3 +213,30 @@ def flop_counter():
         return sdpa_flop_count(query, key, value)
     return FlopCounterMode(display=False, custom_mapping={
         torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: sdpa})
+
+
+class Stopwatch:
+    """Compute seconds per pipeline stage (and FLOPs, given a running
+    torch.utils.flop_counter.FlopCounterMode), for the speed table in train.py:
+    `with stopwatch("decoder"): ...` adds to .seconds["decoder"] and .flops["decoder"]."""
+
+    def __init__(self, device="cpu", flop_counter=None):
+        self.seconds, self.flops, self.counter = {}, {}, flop_counter
+        self.cuda = torch.device(device).type == "cuda"
+
+    @contextlib.contextmanager
+    def __call__(self, stage):
+        flops = self.counter.get_total_flops() if self.counter else 0
+        if self.cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        yield
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
+        if self.counter:
+            self.flops[stage] = self.flops.get(stage, 0) + self.counter.get_total_flops() - flops
+
+
+def no_stopwatch(stage):
+    return contextlib.nullcontext()

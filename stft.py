@@ -196,19 +196,21 @@ class LogMel(torch.nn.Module):
 
 
 def griffin_lim(magnitude, n_fft, hop, n_iter=64, momentum=0.99, win_length=None,
-                length=None, generator=None, window=None):
+                length=None, generator=None, window=None, phase=None):
     """Fast Griffin-Lim (Perraudin, Balazs & Sondergaard 2013), as in librosa.griffinlim.
 
     Alternates projections: impose the magnitude, go to a waveform and back to a consistent
     STFT; the momentum term extrapolates from the previous estimate, which converges much
     faster than the plain algorithm (momentum=0).
     magnitude: (B, F, T) or (F, T), real >= 0. Returns (B, N) or (N,). `generator` draws the
-    initial phase; `window` may pass a precomputed (n_fft,) window.
+    initial phase, or `phase` (magnitude's shape, turns in [0, 1)) gives it; `window` may
+    pass a precomputed (n_fft,) window.
     """
     if window is None:  # built once, not on every iteration
         window = _window(n_fft, win_length, magnitude)
-    phase = torch.rand(magnitude.shape, generator=generator, device=magnitude.device,
-                       dtype=magnitude.dtype)
+    if phase is None:
+        phase = torch.rand(magnitude.shape, generator=generator, device=magnitude.device,
+                           dtype=magnitude.dtype)
     angles = torch.polar(torch.ones_like(magnitude), 2 * math.pi * phase)  # (..., F, T), |.| = 1
     rebuilt = torch.zeros_like(angles)
     eps = torch.finfo(magnitude.dtype).tiny

@@ -11,16 +11,19 @@ predictions are averaged back with weights that fade over the overlaps; the DDIM
 moves the whole latent. One noise tensor covers the song, so windows agree where they
 overlap and there is no seam.
 
-    song (N_in, channels) at sr -> mono 16 kHz (N,) -> spec (1, 1, 128, T) -> z (1, 4, 32, T/4)
+A song is streamed in 30-s blocks (with context either side) through the log-mel and the
+encoder, and again through the decoder, the vocoder and the way back to the input's rate,
+so only its latent is held whole: memory stays flat for an hour of music. Stereo songs are
+transferred as their mid, (L + R) / 2, and given back the source's image (stereo.py).
+
+    song (N_in, channels) at sr -> mid 16 kHz (N,) -> spec (1, 1, 128, T) -> z (1, 4, 32, T/4)
     z -> windows (n, 4, 32, W) -> predictions averaged -> z_tgt -> spec_tgt -> wave (N,) -> sr
+    wave at sr + the source's stereo image -> (N_in, channels)
 """
 import argparse
-import contextlib
 import math
-import time
-import os
 import sys
-from dataclasses import asdict, dataclass
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +31,14 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-import autoencoder as ae_lib
-import config
+import audio_io
 import data
 import diffusion
-import guidediff
 import plot
-import unet
-from stft import LogMel, griffin_lim
+import stereo
+from metrics import Stopwatch, no_stopwatch
+from models import CKPT_DIR, load_models, load_stage
+from stft import griffin_lim
 
 # Defaults: the pick of the strength x guidance sweep on the validation split
 # (results/SWEEP.md): inversion at 0.9 with w = 3 names the target style 100% of the time
@@ -54,96 +57,9 @@ WINDOW_BATCH = 16       # windows per U-Net call: memory stays flat on long song
 AE_CHUNK = 2048         # log-mel frames per autoencoder call (33 s), ...
 AE_MARGIN = 64          # ... each with this much context either side, dropped afterwards
 REF_CROPS = 8           # a clip's style: mean of its tokens over up to this many crops
-SILENCE_PEAK = 1e-4     # -80 dBFS: a song that never gets louder is silence
-CKPT_DIR = Path(__file__).resolve().parent / "checkpoints"
-
-
-# ---------------------------------------------------------------- models
-@dataclass
-class Models:
-    """Everything a transfer needs, loaded once by load_models."""
-    cfg: config.Config
-    styles: list
-    logmel: LogMel
-    autoencoder: ae_lib.Autoencoder
-    ldm: unet.LatentDiffusion
-    latent_scale: float
-    vocoder: object = None          # a GuideDiff; None means Griffin-Lim
-    noise_levels: list = None       # GuideDiff's few-step schedule
-    note: str = ""                  # which vocoder, and why
-    bf16: bool = True               # bfloat16 autocast for the U-Net and GuideDiff
-
-    @property
-    def device(self):
-        return self.logmel.mel_fb.device
-
-
-def _load(ckpt_dir, stage, build):
-    """(model, checkpoint) for a stage; any checkpoint that does not fit is a ValueError."""
-    path = Path(ckpt_dir) / f"{stage}.pt"
-    ckpt = config.load_checkpoint(path, stage)
-    try:
-        return build(ckpt), ckpt
-    except (KeyError, TypeError, ValueError) as e:
-        if "train.py" in str(e):
-            raise
-        raise ValueError(f"{path} does not fit this code ({type(e).__name__}: {e}); retrain it "
-                         f"with `python train.py --stage {stage}`") from None
-
-
-def load_models(ckpt_dir=CKPT_DIR, vocoder=None, device="cpu", compile=False, bf16=True):
-    """Load and check the autoencoder, the ldm and the vocoder. vocoder None: GuideDiff if a
-    finished guidediff.pt exists, else Griffin-Lim; Models.note says which and why.
-    compile: torch.compile the networks (see compile_models); bf16: bfloat16 autocast for
-    the U-Net and GuideDiff (fp32 for the autoencoder, whose log-mel feeds everything)."""
-    ldm, ldm_ckpt = _load(ckpt_dir, "ldm", unet.from_checkpoint)
-    autoencoder, ae_ckpt = _load(ckpt_dir, "autoencoder", ae_lib.from_checkpoint)
-    cfg = config.config_from_dict(ldm_ckpt["config"])
-    if (ae_ckpt.get("latent_scale") != ldm_ckpt.get("latent_scale")
-            or config.config_from_dict(ae_ckpt["config"]).audio != cfg.audio):
-        raise ValueError("the ldm checkpoint was trained on another autoencoder; retrain it "
-                         "with `python train.py --stage ldm`")
-    models = Models(cfg, list(ldm_ckpt["styles"]), LogMel(**asdict(cfg.audio)), autoencoder,
-                    ldm, float(ldm_ckpt["latent_scale"]), bf16=bf16)
-    gd_path = Path(ckpt_dir) / "guidediff.pt"
-    models.note = f"vocoder: Griffin-Lim (no {gd_path}: `python train.py --stage guidediff`)"
-    if vocoder == "guidediff" or vocoder is None and gd_path.is_file():
-        gd, gd_ckpt = _load(ckpt_dir, "guidediff", guidediff.from_checkpoint)
-        gd_cfg = config.config_from_dict(gd_ckpt["config"])
-        if gd_cfg.audio != cfg.audio:
-            raise ValueError("the guidediff checkpoint was made for another log-mel front end; "
-                             "retrain it with `python train.py --stage guidediff`")
-        # The schedule search runs when training ends: a checkpoint saved during training
-        # has none, so it is only used on request, with the schedule training validates with.
-        models.note = (f"vocoder: Griffin-Lim ({gd_path} is from an unfinished run; "
-                       f"--vocoder guidediff uses it anyway)")
-        if gd.searched or vocoder == "guidediff":
-            models.vocoder, models.note = gd, f"vocoder: GuideDiff ({gd_path})"
-            models.noise_levels = gd.schedules[gd.default_steps]
-    for module in (models.logmel, autoencoder, ldm, models.vocoder):
-        if module is not None:
-            module.to(device).eval().requires_grad_(False)
-    if compile:
-        compile_models(models)
-    return models
-
-
-def compile_models(models):
-    """torch.compile (inductor: C++/OpenMP kernels on a CPU, Triton on CUDA) of the U-Net,
-    the autoencoder's encoder and decoder and GuideDiff's guide encoder and denoiser, which
-    fuses GroupNorm + SiLU, the FiLM arithmetic and the attention's surroundings. Windows
-    all have WINDOW frames but batches differ (inversion, guided steps, the last chunk), so
-    the U-Net compiles twice: for the first shape, then once with a dynamic batch (torch's
-    automatic dynamic shapes; dynamic=True fails to lower the strided convolutions here).
-    The autoencoder and GuideDiff see each song's length and are compiled dynamic. The
-    first call pays for compilation (RESULTS.md, speed table: about a minute)."""
-    models.ldm.unet = torch.compile(models.ldm.unet)
-    ae = models.autoencoder
-    ae.encoder, ae.decoder = (torch.compile(m, dynamic=True) for m in (ae.encoder, ae.decoder))
-    if models.vocoder is not None:
-        gd = models.vocoder
-        gd.guide, gd.denoise = torch.compile(gd.guide, dynamic=True), \
-            torch.compile(gd.denoise, dynamic=True)
+BLOCK_SECONDS = 30.0    # songs stream through the models in blocks this long, ...
+BLOCK_MARGIN = 2.0      # ... each with this much context either side (dropped afterwards)
+NOISE_BLOCK = 16384     # positional_noise: samples drawn from one seed
 
 
 # ---------------------------------------------------------------- chunks
@@ -163,32 +79,6 @@ def in_chunks(fn, x, chunk, margin, scale=1.0):
 
 
 # ---------------------------------------------------------------- the transfer
-class Stopwatch:
-    """Compute seconds per pipeline stage (and FLOPs, given a running
-    torch.utils.flop_counter.FlopCounterMode), for the speed table in train.py:
-    `with stopwatch("decoder"): ...` adds to .seconds["decoder"] and .flops["decoder"]."""
-
-    def __init__(self, device="cpu", flop_counter=None):
-        self.seconds, self.flops, self.counter = {}, {}, flop_counter
-        self.cuda = torch.device(device).type == "cuda"
-
-    @contextlib.contextmanager
-    def __call__(self, stage):
-        flops = self.counter.get_total_flops() if self.counter else 0
-        if self.cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        yield
-        if self.cuda:
-            torch.cuda.synchronize()
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
-        if self.counter:
-            self.flops[stage] = self.flops.get(stage, 0) + self.counter.get_total_flops() - flops
-
-
-def no_stopwatch(stage):
-    return contextlib.nullcontext()
-
 
 @torch.no_grad()
 def reference_tokens(style_encoder, spec, ref_frames, crops=REF_CROPS):
@@ -197,19 +87,26 @@ def reference_tokens(style_encoder, spec, ref_frames, crops=REF_CROPS):
     short clip is looped to fill one."""
     if spec.shape[-1] < ref_frames:
         spec = spec.repeat(1, 1, 1, -(-ref_frames // spec.shape[-1]))
-    T = spec.shape[-1]
+    starts = crop_starts(spec.shape[-1], ref_frames, crops)
+    return crop_tokens(style_encoder, [spec[..., s:s + ref_frames] for s in starts])
+
+
+def crop_starts(T, ref_frames, crops=REF_CROPS):
     n = min(crops, -(-T // ref_frames))
-    starts = torch.linspace(0, T - ref_frames, n).round().long().tolist()
-    batch = torch.cat([spec[..., s:s + ref_frames] for s in starts])    # (n, 1, n_mels, ref_frames)
+    return torch.linspace(0, T - ref_frames, n).round().long().tolist()
+
+
+def crop_tokens(style_encoder, crops):
+    batch = torch.cat(crops)                                 # (n, 1, n_mels, ref_frames)
     return style_encoder.from_reference(batch).mean(0, keepdim=True)    # (1, M, D)
 
 
 @torch.no_grad()
-def stylize(models, spec, context, *, source_context=None, strength=STRENGTH, mode=MODE,
+def stylize(models, z, context, *, source_context=None, strength=STRENGTH, mode=MODE,
             steps=STEPS, guidance=GUIDANCE, generator=None, noise=None, window=WINDOW,
-            overlap=OVERLAP, progress=False, warm_start=WARM_START, stopwatch=no_stopwatch):
-    """Normalised log-mel (1, 1, n_mels, T) -> the same music under the style tokens
-    `context` (1, M, D), as a log-mel (1, 1, n_mels, T) before the vocoder.
+            overlap=OVERLAP, progress=False, warm_start=WARM_START):
+    """A song's scaled latent (1, C, F, L) -> the same music under the style tokens
+    `context` (1, M, D), as a latent (1, C, F, L).
 
     diffusion.transfer over windows; SDEdit is written out here to take its noise as an
     argument (drawn from `generator` over the whole latent when None), so that one noise
@@ -217,13 +114,7 @@ def stylize(models, spec, context, *, source_context=None, strength=STRENGTH, mo
     warm_start ("extrapolate" or "previous"; "off" for none: diffusion.ddim_invert) saves
     one U-Net call a step of it."""
     assert mode in ("sdedit", "inversion"), mode
-    ldm, ae, scale = models.ldm, models.autoencoder, models.latent_scale
-    f = ae.factor
-    # bf16 changes the autoencoder's log-mel by 0.002 (L1) against its own error of 0.095.
-    autocast = torch.autocast(spec.device.type, dtype=torch.bfloat16, enabled=models.bf16)
-    with stopwatch("encoder"), autocast:
-        z = in_chunks(lambda s: ae.encode(s).mode(), spec, AE_CHUNK, AE_MARGIN, 1 / f).float()
-        z = z * scale
+    ldm = models.ldm
     model = diffusion.windowed(ldm.unet, z.shape[-1], window, overlap, WINDOW_BATCH,
                                bf16=models.bf16, cond=z if ldm.paired else None)
     null, prediction = ldm.style.null_context(1), ldm.c.prediction
@@ -233,70 +124,61 @@ def stylize(models, spec, context, *, source_context=None, strength=STRENGTH, mo
     def bar(desc):
         return (lambda loop: tqdm(loop, desc=f"{desc} (windows: {windows})", unit="step",
                                   leave=False)) if progress else None
+    if mode == "inversion":                  # deterministic: diffusion.transfer as it is
+        return diffusion.transfer(model, ldm.sched, z, context, steps, strength, "inversion",
+                                  context_src=source_context, null_context=null,
+                                  guidance=guidance, prediction=prediction,
+                                  warm_start=warm_start,
+                                  progress=bar("inverting, then denoising"))
+    if noise is None:                        # SDEdit (Meng et al. 2022) with our noise
+        noise = torch.randn(z.shape, generator=generator)
+    t = torch.full((1,), t_start, device=z.device, dtype=torch.long)
+    x_t = diffusion.q_sample(ldm.sched, z, t, noise.to(z))
+    return diffusion.ddim_sample(model, ldm.sched, x_t, context, steps, guidance=guidance,
+                                 null_context=null, t_start=t_start, prediction=prediction,
+                                 progress=bar("denoising"))
 
-    with stopwatch("U-Net sampling"):
-        if mode == "inversion":              # deterministic: diffusion.transfer as it is
-            z_tgt = diffusion.transfer(model, ldm.sched, z, context, steps, strength,
-                                       "inversion", context_src=source_context,
-                                       null_context=null, guidance=guidance,
-                                       prediction=prediction, warm_start=warm_start,
-                                       progress=bar("inverting, then denoising"))
-        else:                                # SDEdit (Meng et al. 2022) with our noise
-            if noise is None:
-                noise = torch.randn(z.shape, generator=generator)
-            t = torch.full((1,), t_start, device=z.device, dtype=torch.long)
-            x_t = diffusion.q_sample(ldm.sched, z, t, noise.to(z))
-            z_tgt = diffusion.ddim_sample(model, ldm.sched, x_t, context, steps,
-                                          guidance=guidance, null_context=null,
-                                          t_start=t_start, prediction=prediction,
-                                          progress=bar("denoising"))
-    with stopwatch("decoder"), autocast:
-        spec_tgt = in_chunks(ae.decode, z_tgt / scale, AE_CHUNK // f, AE_MARGIN // f, f).float()
-    return spec_tgt[..., :spec.shape[-1]]                                   # (1, 1, n_mels, T)
+
+def positional_noise(lo, hi, seed, rows=(), rand=torch.randn, block=NOISE_BLOCK):
+    """Noise (*rows, hi - lo) for positions lo..hi of a song: cut from fixed blocks, each
+    drawn from its own seed, so any two spans agree where they overlap (the vocoder's
+    starting noise and Griffin-Lim's starting phase are then one signal across blocks)."""
+    pieces = [rand(*rows, block, generator=torch.Generator().manual_seed(seed * 100003 + j))
+              for j in range(lo // block, -(-hi // block))]
+    return torch.cat(pieces, -1)[..., lo % block:lo % block + hi - lo]
 
 
 @torch.no_grad()
-def vocode(models, spec, length, seed=SEED):
-    """Log-mel (1, 1, n_mels, T) -> wave (1, length) with GuideDiff, or Griffin-Lim."""
-    if models.vocoder is not None:
-        generator = torch.Generator().manual_seed(seed)
-        with torch.autocast(spec.device.type, dtype=torch.bfloat16, enabled=models.bf16):
-            return models.vocoder.vocode(spec, noise_levels=models.noise_levels,
-                                         generator=generator, length=length).float()
+def vocode(models, spec, length, seed=SEED, start=0):
+    """Log-mel (1, 1, n_mels, T) -> wave (1, length) with GuideDiff, or Griffin-Lim. start:
+    the spectrogram's first frame in the song (frame `start` is sample start * hop)."""
     a = models.cfg.audio
-    generator = torch.Generator(spec.device).manual_seed(seed)
-    return griffin_lim(models.logmel.mel_to_magnitude(spec), a.n_fft, a.hop,
-                       n_iter=GRIFFIN_LIM_ITERS, length=length, generator=generator)
-
-
-def to_mono(wave, name="the input"):
-    """(N,) or (N, channels) float -> mono float32 (N,); empty or non-finite is a ValueError."""
-    wave = np.asarray(wave, dtype=np.float32)
-    wave = wave.mean(axis=1) if wave.ndim == 2 else wave
-    if wave.ndim != 1 or len(wave) == 0:
-        raise ValueError(f"{name} has no samples; give a recording with sound in it")
-    if not np.isfinite(wave).all():
-        raise ValueError(f"{name} has NaN or infinite samples; repair or re-export it")
-    return wave
-
-
-def is_silent(wave):
-    return float(np.abs(wave).max()) < SILENCE_PEAK
+    if models.vocoder is not None:
+        noise = positional_noise(start * a.hop, start * a.hop + length, seed, (1,))
+        with torch.autocast(spec.device.type, dtype=torch.bfloat16, enabled=models.bf16):
+            return models.vocoder.vocode(spec, noise_levels=models.noise_levels, noise=noise,
+                                         length=length).float()
+    magnitude = models.logmel.mel_to_magnitude(spec)                         # (1, F, T)
+    phase = positional_noise(start, start + spec.shape[-1], seed, magnitude.shape[:2],
+                             torch.rand, NOISE_BLOCK // a.hop)
+    return griffin_lim(magnitude, a.n_fft, a.hop, n_iter=GRIFFIN_LIM_ITERS, length=length,
+                       phase=phase.to(magnitude))
 
 
 def check_request(models, style, ref, strength, mode, steps, guidance):
-    """User errors in a request, as one ValueError each (before any work is done)."""
+    """User errors in a request, as one ValueError each (before any work is done); -> the
+    style's name as the model spells it (names are case-insensitive)."""
     if (style is None) == (ref is None):
         raise ValueError("give a target STYLE (see --list-styles) or a --ref clip, not both")
-    if style is not None and style not in models.styles:
-        raise ValueError(f"unknown style {style!r}; known styles: {', '.join(models.styles)} "
-                         f"(or take the style from a clip with --ref)")
+    if style is not None:
+        style = audio_io.closest(style, models.styles)
     if not 0.0 <= strength <= 1.0 or steps < 1 or guidance < 0:
         raise ValueError("need 0 <= strength <= 1, steps >= 1 and guidance >= 0")
     if mode not in ("sdedit", "inversion"):
         raise ValueError(f"unknown mode {mode!r}; use 'sdedit' or 'inversion'")
-    if ref is not None and is_silent(to_mono(ref[0], "the reference clip")):
+    if ref is not None and audio_io.is_silent(ref[0]):
         raise ValueError("the reference clip is silent; give a clip of the style you want")
+    return style
 
 
 def log_mel(models, wave, sr):
@@ -307,86 +189,131 @@ def log_mel(models, wave, sr):
     return models.logmel(torch.from_numpy(wave).to(models.device)[None])
 
 
-def transfer(wave, sr, style=None, *, ref=None, strength=STRENGTH, mode=MODE, steps=STEPS,
-             guidance=GUIDANCE, vocoder=None, seed=SEED, device="cpu", ckpt_dir=CKPT_DIR,
-             progress=True, models=None, warm_start=WARM_START, stopwatch=no_stopwatch):
-    """The same music in another style: wave (N,) or (N, channels) at sr -> (mono float32
-    (N,), sr). The target is a style name (see Models.styles) or ref = (wave, sr), a clip to
-    take the style from. vocoder: "guidediff", "griffinlim" or None (GuideDiff if a
-    finished checkpoint exists). models: from load_models, to load once for many calls
-    (it then fixes ckpt_dir, vocoder and device). stopwatch: a Stopwatch, to time the stages."""
-    models = models or load_models(ckpt_dir, vocoder, device)
-    mono = to_mono(wave)
-    check_request(models, style, ref, strength, mode, steps, guidance)
-    if is_silent(mono):
-        return np.zeros_like(mono), sr
-    a, dev = models.cfg.audio, models.device
+def blocks(models, sr, N):
+    """How a song of N samples at sr is streamed: [(lo, s, e, hi)] in input samples, block
+    s..e read with context lo..hi. Every edge falls on a whole latent frame and on a whole
+    sample at both rates, so the blocks' latents join into the whole song's."""
+    a, f = models.cfg.audio, models.autoencoder.factor
+    g = math.gcd(sr, a.sample_rate)
+    up, down = a.sample_rate // g, sr // g
+    q16 = math.lcm(up, a.hop * f)                            # model-rate samples
+    q = q16 * down // up                                     # input samples
+    block, margin = (q * max(1, math.ceil(seconds * sr / q))
+                     for seconds in (BLOCK_SECONDS, BLOCK_MARGIN))
+    return [(max(s - margin, 0), s, min(s + block, N), min(s + block + margin, N))
+            for s in range(0, N, block)]
+
+
+def transfer_stream(source, write, style=None, *, models, ref=None, strength=STRENGTH,
+                    mode=MODE, steps=STEPS, guidance=GUIDANCE, seed=SEED, mono=False,
+                    progress=True, warm_start=WARM_START, stopwatch=no_stopwatch):
+    """transfer() over an audio_io.Source read in blocks, each output block passed to
+    write((samples, channels) float32) in order: memory stays flat for any length (the
+    whole song is held only as its latent, 4 x 32 floats per 64 ms). Returns False when the
+    source is silent (then silence was written, and no model ran)."""
+    style = check_request(models, style, ref, strength, mode, steps, guidance)
+    a, dev, f, scale, ae = (models.cfg.audio, models.device, models.autoencoder.factor,
+                            models.latent_scale, models.autoencoder)
+    sr, N = source.sr, source.frames
+    rate = a.sample_rate
+
+    def at_model_rate(v):                    # input samples -> model-rate samples (exact
+        return v * rate // sr                # on block edges; the song's end rounds up)
+    n = -(-N * rate // sr)                   # = len(data.resample(song, sr, rate))
+    T = 1 + n // a.hop                       # frames of the unpadded song
+    plan, R = blocks(models, sr, N), models.cfg.ldm.ref_frames
+    starts = crop_starts(T, R) if T >= R else []
+    crops, peak, latents = [torch.zeros(1, 1, a.n_mels, R) for _ in starts], 0.0, []
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=models.bf16)
+    for lo, s, e, hi in tqdm(plan, desc="encoding", unit="block", leave=False,
+                             disable=not progress or len(plan) < 2):
+        with stopwatch("log-mel and style tokens"):
+            block = source.read(lo, hi)                                 # (hi - lo, channels)
+            peak = max(peak, float(np.abs(block).max()))
+            x = data.resample(block.mean(1), sr, a.sample_rate)
+            if len(plan) == 1:   # shorter than one window: pad with silence, so the U-Net
+                x = np.pad(x, (0, max(0, (WINDOW * f - 1) * a.hop - len(x))))   # sees its size
+            spec = log_mel(models, x, a.sample_rate)                    # (1, 1, n_mels, T')
+            k0, k1, k2 = (at_model_rate(v) // a.hop for v in (lo, s, e))  # frames: read from,
+            if len(plan) == 1:                                              # kept part
+                k1, k2 = 0, spec.shape[-1]
+            for crop, c in zip(crops, starts):   # the style crops this block holds, copied
+                i, j = max(c, k1), min(c + R, k2 if e < N else T)
+                if i < j:
+                    crop[..., i - c:j - c] = spec[..., i - k0:j - k0]
+            if T < R:
+                source_spec = spec[..., :T]
+        with stopwatch("encoder"), autocast:
+            z = in_chunks(lambda y: ae.encode(y).mode(), spec, AE_CHUNK, AE_MARGIN, 1 / f)
+            latents.append(z.float()[..., (k1 - k0) // f:None if e == N else (k2 - k0) // f])
+    if peak < audio_io.SILENCE_PEAK:
+        for lo, s, e, hi in plan:
+            write(np.zeros((e - s, 1 if mono else source.channels), np.float32))
+        return False
+    z = torch.cat(latents, -1) * scale                                  # (1, C, F, L)
     with stopwatch("log-mel and style tokens"):
-        x = data.resample(mono, sr, a.sample_rate)
-        n = len(x)
-        T = 1 + n // a.hop                   # frames of the unpadded song
-        # Shorter than one window: pad with silence, so the U-Net sees the size it knows.
-        x = np.pad(x, (0, max(0, (WINDOW * models.autoencoder.factor - 1) * a.hop - n)))
-        spec = log_mel(models, x, a.sample_rate)                            # (1, 1, n_mels, T')
         if ref is not None:
-            context = reference_tokens(models.ldm.style,
-                                       log_mel(models, to_mono(ref[0]), ref[1]),
-                                       models.cfg.ldm.ref_frames)
+            context = reference_tokens(models.ldm.style, log_mel(models, ref[0] if
+                                       ref[0].ndim == 1 else ref[0].mean(1), ref[1]), R)
         else:
             label = torch.tensor([models.styles.index(style)], device=dev)
             context = models.ldm.style.from_labels(label)                   # (1, M, D)
         # A user's song has no source label: its own tokens name its style (the ldm is
         # trained so that reference tokens match label tokens).
-        source = reference_tokens(models.ldm.style, spec[..., :T], models.cfg.ldm.ref_frames) \
-            if mode == "inversion" else None
-    generator = torch.Generator().manual_seed(seed)
-    spec_tgt = stylize(models, spec, context, source_context=source, strength=strength,
-                       mode=mode, steps=steps, guidance=guidance, generator=generator,
-                       progress=progress, warm_start=warm_start, stopwatch=stopwatch)
-    with stopwatch("vocoder"):
-        out = vocode(models, spec_tgt[..., :T], n, seed)[0].float().cpu().numpy()
-    with stopwatch("log-mel and style tokens"):   # the way back to the input's rate
-        out = data.resample(out, a.sample_rate, sr)[:len(mono)]
-    return np.pad(out, (0, len(mono) - len(out))).astype(np.float32), sr
+        source_context = None if mode != "inversion" else \
+            reference_tokens(models.ldm.style, source_spec, R) if T < R else \
+            crop_tokens(models.ldm.style, [c.to(dev) for c in crops])
+    with stopwatch("U-Net sampling"):
+        z_tgt = stylize(models, z, context, source_context=source_context, strength=strength,
+                        mode=mode, steps=steps, guidance=guidance,
+                        generator=torch.Generator().manual_seed(seed), progress=progress,
+                        warm_start=warm_start) / scale
+    for lo, s, e, hi in tqdm(plan, desc="decoding", unit="block", leave=False,
+                             disable=not progress or len(plan) < 2):
+        l0 = at_model_rate(lo) // (a.hop * f)
+        l1 = None if hi == N else -(-at_model_rate(hi) // (a.hop * f))
+        with stopwatch("decoder"), autocast:
+            spec = in_chunks(ae.decode, z_tgt[..., l0:l1], AE_CHUNK // f, AE_MARGIN // f, f)
+        k0 = l0 * f                                                 # its first frame
+        with stopwatch("vocoder"):
+            spec = spec.float()[..., :T - k0]
+            length = n - k0 * a.hop if hi == N else a.hop * (spec.shape[-1] - 1)
+            wave = vocode(models, spec, length, seed, k0)
+            wave = wave[0].float().cpu().numpy()
+        with stopwatch("log-mel and style tokens"):     # the way back to the input's rate
+            start = k0 * a.hop * sr // rate                         # = lo on block edges
+            wave = data.resample(wave, rate, sr)[:hi - start]
+            wave = np.pad(wave, (0, hi - start - len(wave)))        # (hi - start,)
+        with stopwatch("stereo"):
+            if source.channels == 2 and not mono:                   # with context, then cut
+                wave = stereo.widen(wave, source.read(start, hi), sr)[s - start:e - start]
+            else:
+                wave = wave[s - start:e - start, None]
+        write(wave.astype(np.float32))
+    return True
+
+
+def transfer(wave, sr, style=None, *, ref=None, strength=STRENGTH, mode=MODE, steps=STEPS,
+             guidance=GUIDANCE, vocoder=None, seed=SEED, device="cpu", ckpt_dir=CKPT_DIR,
+             progress=True, models=None, warm_start=WARM_START, stopwatch=no_stopwatch,
+             mono=False):
+    """The same music in another style: wave (N,) or (N, 2) at sr -> (float32 of the same
+    shape, sr); mono=True makes a stereo song's output mono (N,). The target is a style
+    name (see Models.styles; any case) or ref = (wave, sr), a clip to take the style from.
+    vocoder: "guidediff", "griffinlim" or None (GuideDiff if a finished checkpoint exists).
+    models: from load_models, to load once for many calls (it then fixes ckpt_dir, vocoder
+    and device). stopwatch: a Stopwatch, to time the stages."""
+    models = models or load_models(ckpt_dir, vocoder, device)
+    source = audio_io.Source(wave, sr)
+    out = []
+    transfer_stream(source, out.append, style, models=models, ref=ref, strength=strength,
+                    mode=mode, steps=steps, guidance=guidance, seed=seed, mono=mono,
+                    progress=progress, warm_start=warm_start, stopwatch=stopwatch)
+    out = np.concatenate(out)
+    return (out[:, 0] if np.ndim(wave) == 1 or mono else out), sr
 
 
 # ---------------------------------------------------------------- entry point
-def read_audio(path, what="input"):
-    """(mono wave (N,) float32, sr) of an audio file; every way to fail is a ValueError."""
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"no {what} file {path}; check the path")
-    if path.is_dir():
-        raise ValueError(f"{what} {path} is a folder; give an audio file (WAV, FLAC or OGG)")
-    if path.stat().st_size == 0:
-        raise ValueError(f"{what} {path} is empty (0 bytes); give an audio file")
-    try:
-        wave, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.SoundFileError, RuntimeError) as e:
-        reason = getattr(e, "error_string", None) or str(e)
-        raise ValueError(f"{what} {path} is not audio soundfile can read ({reason.rstrip('.')}); "
-                         f"give a WAV, FLAC or OGG file") from None
-    return to_mono(wave, f"{what} {path}"), sr
-
-
-def output_path(args):
-    """The output file and its soundfile format, checked before any work is done."""
-    source = Path(args.input)
-    name = args.style or Path(args.ref).stem
-    out = Path(args.output) if args.output else source.with_name(f"{source.stem}.{name}.wav")
-    if out.exists() and out.samefile(source):
-        raise ValueError(f"the output {out} is the input; choose another with -o")
-    if out.is_dir():
-        raise ValueError(f"the output {out} is a folder; give a file name with -o")
-    if not out.parent.is_dir():
-        problem = "is not a folder" if out.parent.exists() else "does not exist"
-        raise ValueError(f"the output folder {out.parent} {problem}; choose another with -o")
-    if out.suffix[1:].upper() not in sf.available_formats():
-        raise ValueError(f"cannot write {out.suffix or 'extension-less'} files; name the "
-                         f"output .wav, .flac or .ogg")
-    return out, out.suffix[1:].upper()
-
-
 class Parser(argparse.ArgumentParser):
     def error(self, message):               # one line, like every other error here
         print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
@@ -394,15 +321,21 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser():
-    p = Parser(prog="transfer.py", description="The same music in another style: latent "
-               "diffusion style transfer (arXiv 2404.14771). Reads WAV, FLAC or OGG at any "
-               "sample rate; stereo is mixed to mono (the model hears and writes one channel); "
-               "writes mono audio at the input's sample rate and duration.")
-    p.add_argument("input", nargs="?", metavar="INPUT", help="the song")
-    p.add_argument("style", nargs="?", metavar="STYLE",
-                   help="target style (see --list-styles); omit it when giving --ref")
-    p.add_argument("-o", "--output", metavar="OUT",
-                   help="output file, .wav/.flac/.ogg (default: INPUT.STYLE.wav beside INPUT)")
+    p = Parser(prog="transfer.py", usage="%(prog)s INPUT [INPUT ...] STYLE [options]\n"
+               "       %(prog)s INPUT [INPUT ...] (--style STYLE | --ref CLIP) [options]",
+               description="The same music in another style: latent diffusion style transfer "
+               "(arXiv 2404.14771). Reads WAV, FLAC or OGG, mono or stereo, at any sample rate "
+               "and length; writes each output at its input's rate, duration and channels "
+               "(the model hears the mid, (L + R) / 2, and stereo outputs get the source's "
+               "stereo image back). Several inputs and folders (searched for audio files) "
+               "run in one call, the models loaded once; a bad file is reported and the rest "
+               "still run (exit status 2 at the end).")
+    p.add_argument("items", nargs="*", metavar="INPUT... STYLE",
+                   help="songs or folders, then the target style (any case; see "
+                        "--list-styles) unless --style or --ref gives it")
+    p.add_argument("--style", help="the target style, when every positional is an input")
+    p.add_argument("-o", "--output", metavar="OUT", help="output file, .wav/.flac/.ogg (one "
+                   "input), or a folder (default: INPUT.STYLE.wav beside each INPUT)")
     p.add_argument("--ref", metavar="REF", help="take the style from this clip instead")
     p.add_argument("--strength", type=float, default=STRENGTH,
                    help="0..1, how far to move from the source (default %(default)s)")
@@ -420,6 +353,7 @@ def build_parser():
                    "from the previous steps' (extrapolated, or the last one as it is), or "
                    "'off': from a U-Net call, one more call a step (40 U-Net calls instead of 31 "
                    "at the defaults); default %(default)s")
+    p.add_argument("--mono", action="store_true", help="write mono outputs for stereo inputs")
     p.add_argument("--seed", type=int, default=SEED, help="default %(default)s")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--compile", action="store_true",
@@ -428,7 +362,8 @@ def build_parser():
     p.add_argument("--fp32", action="store_true",
                    help="float32 everywhere (default: bfloat16 autocast for the U-Net and "
                         "GuideDiff)")
-    p.add_argument("--plot", metavar="PNG", help="also write the source and output log-mels")
+    p.add_argument("--plot", metavar="PNG", help="also draw the source and output log-mels "
+                   "(a folder when there are several inputs: OUT.png for each)")
     p.add_argument("--timing", action="store_true",
                    help="print the compute seconds of each stage and the real-time factor")
     p.add_argument("--list-styles", action="store_true", help="print the style names and exit")
@@ -437,62 +372,129 @@ def build_parser():
     return p
 
 
+def split_items(args):
+    """(inputs, style) from the positionals: the last one is the style unless --style or
+    --ref names the target."""
+    items = list(args.items)
+    if args.style is not None or args.ref is not None:
+        last = Path(items[-1]) if items else Path("-.wav")
+        a_style_too = not last.exists() and last.suffix.lower() not in data.AUDIO_EXTS
+        if args.style is not None and (args.ref is not None or a_style_too) or \
+                args.ref is not None and a_style_too:
+            raise ValueError("give a target STYLE or a --ref clip, not both")
+        style = args.style
+    else:
+        style = items.pop() if len(items) >= 2 else None
+        if style is not None and Path(style).exists() and Path(style).suffix:
+            raise ValueError(f"the last argument {style} is a file; give the target STYLE "
+                             f"after the inputs (see --list-styles) or use --style")
+    if not items or (style is None and args.ref is None):
+        raise ValueError("give INPUT... and a STYLE (see --list-styles), or INPUT... and "
+                         "--ref CLIP")
+    return items, style
+
+
+def transfer_file(models, source, out, fmt, args, style, ref, plot_path=None):
+    """One input file (an audio_io.Source) to one output file, streamed; nothing is left
+    on failure."""
+    path = source.path
+    channels = 1 if args.mono else source.channels
+    stopwatch = Stopwatch(args.device) if args.timing else no_stopwatch
+    pictures = [[], []]                      # the mids of source and output, for --plot
+    t0 = time.perf_counter()
+    with audio_io.atomic_output(out) as f, \
+            sf.SoundFile(f, "w", source.sr, channels, format=fmt) as sink:
+        def write(block):
+            sink.write(block)
+            if plot_path:
+                pictures[1].append(block.mean(1))
+        sounded = transfer_stream(source, write, style, models=models, ref=ref,
+                                  strength=args.strength, mode=args.mode, steps=args.steps,
+                                  guidance=args.guidance, seed=args.seed, mono=args.mono,
+                                  warm_start=args.warm_start, stopwatch=stopwatch)
+    if not sounded:
+        print(f"warning: {path} is silent; wrote silence to {out}", file=sys.stderr)
+    if args.timing:
+        seconds = dict(stopwatch.seconds, total=time.perf_counter() - t0)
+        print("; ".join(f"{k} {v:.1f} s" for k, v in seconds.items()) + f"; real-time "
+              f"factor {seconds['total'] * source.sr / source.frames:.3f} (model loading not "
+              f"counted)", file=sys.stderr)
+    if plot_path:
+        mids = [source.read(0, source.frames).mean(1), np.concatenate(pictures[1])]
+        specs = [log_mel(models, w, source.sr)[0, 0].cpu().numpy() for w in mids]
+        title = style or f"ref {Path(args.ref).stem}"
+        audio_io.write_bytes(plot_path, plot.png_bytes(plot.figure(
+            *specs, models.cfg.audio, titles=(f"source: {Path(path).name}", title))))
+
+
 def run(args):
     if args.list_styles:
-        print("\n".join(_load(args.ckpt_dir, "ldm", lambda c: c["styles"])[0]))
-        return
-    if args.input is None or (args.style is None) == (args.ref is None):
-        raise ValueError("give INPUT and a STYLE (see --list-styles), or INPUT and --ref CLIP")
+        print("\n".join(load_stage(args.ckpt_dir, "ldm", lambda c: c["styles"])[0]))
+        return 0
+    items, style = split_items(args)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("CUDA is not available here; use --device cpu")
-    wave, sr = read_audio(args.input)
-    ref = read_audio(args.ref, "reference") if args.ref else None
-    out, fmt = output_path(args)
-    if args.plot and not Path(args.plot).resolve().parent.is_dir():
-        raise ValueError(f"the folder of --plot {args.plot} does not exist; create it")
+    ref = audio_io.read_audio(args.ref, "reference") if args.ref else None
     models = load_models(args.ckpt_dir, args.vocoder, args.device, args.compile,
                          bf16=not args.fp32)
-    check_request(models, args.style, ref, args.strength, args.mode, args.steps, args.guidance)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:                                     # the temporary file proves the folder writable
-        open(tmp, "xb").close()
-    except OSError as e:
-        raise ValueError(f"cannot write to {out.parent} ({e.strerror}); choose another "
-                         f"output with -o") from None
-    try:
-        if args.vocoder is None:
-            print(f"note: {models.note}", file=sys.stderr)
-        if is_silent(wave):
-            print(f"warning: {args.input} is silent; writing silence to {out}", file=sys.stderr)
-        stopwatch = Stopwatch(args.device) if args.timing else no_stopwatch
-        t0 = time.perf_counter()
-        restyled, _ = transfer(wave, sr, args.style, ref=ref, strength=args.strength,
-                               mode=args.mode, steps=args.steps, guidance=args.guidance,
-                               seed=args.seed, models=models,
-                               warm_start=args.warm_start, stopwatch=stopwatch)
-        if args.timing:
-            seconds = dict(stopwatch.seconds, total=time.perf_counter() - t0)
-            print("; ".join(f"{k} {v:.1f} s" for k, v in seconds.items()) + f"; real-time "
-                  f"factor {seconds['total'] * sr / len(wave):.3f} (model loading not counted)",
-                  file=sys.stderr)
-        sf.write(tmp, restyled, sr, format=fmt)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    if args.plot:
-        specs = [log_mel(models, w, sr)[0, 0].cpu().numpy() for w in (wave, restyled)]
-        plot.write_png(args.plot, plot.spectrogram_image(*specs))
-    print(out)
+    style = check_request(models, style, ref, args.strength, args.mode, args.steps,
+                          args.guidance)
+    name = style or Path(args.ref).stem
+    inputs = audio_io.find_inputs(items, [f".{s}{e}".lower() for s in models.styles
+                                          for e in data.AUDIO_EXTS])
+    several = len(inputs) > 1 or any(Path(i).is_dir() for i in items)
+    if several and args.output and not Path(args.output).is_dir():
+        raise ValueError(f"-o {args.output} must be an existing folder when there are several "
+                         f"inputs")
+    if args.plot and not (Path(args.plot).is_dir() if several
+                          else Path(args.plot).resolve().parent.is_dir()):
+        raise ValueError(f"--plot {args.plot} must be " + ("an existing folder with several "
+                         "inputs" if several else "in an existing folder"))
+    failed, done = 0, set()
+    for path, problem in inputs:
+        try:
+            if problem:
+                raise ValueError(problem)
+            out, fmt = audio_io.output_path(path, name, args.output, folder=several)
+            if out in done:
+                raise ValueError(f"{path} would overwrite {out}, written in this call; "
+                                 f"rename one of the inputs")
+            plot_path = args.plot and (Path(args.plot) / f"{out.stem}.png" if several
+                                       else Path(args.plot))
+            source = audio_io.open_audio(path)
+            if args.vocoder is None and not done:
+                print(f"note: {models.note}", file=sys.stderr)
+            transfer_file(models, source, out, fmt, args, style, ref, plot_path)
+            done.add(out)
+            print(out)
+        except (ValueError, OSError, MemoryError) as e:
+            failed += 1
+            print(f"transfer.py: error: {one_line(e)}", file=sys.stderr)
+    if failed and len(inputs) > 1:
+        print(f"transfer.py: {failed} of {len(inputs)} inputs failed", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def one_line(e):
+    if isinstance(e, MemoryError):
+        return "not enough memory for this song; close other programs or split the song"
+    return " ".join(str(e).split())
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        run(args)
-    except (ValueError, OSError) as e:
-        print(f"transfer.py: error: {' '.join(str(e).split())}", file=sys.stderr)
+        with audio_io.signals_raise():
+            code = run(args)
+    except KeyboardInterrupt:
+        print("transfer.py: interrupted; the output being written was removed",
+              file=sys.stderr)
+        raise SystemExit(130)
+    except (ValueError, OSError, MemoryError) as e:
+        print(f"transfer.py: error: {one_line(e)}", file=sys.stderr)
         raise SystemExit(2)
+    if code:
+        raise SystemExit(code)
     return 0
 
 

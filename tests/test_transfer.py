@@ -19,6 +19,7 @@ import config
 import data
 import diffusion
 import guidediff
+import plot
 import transfer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,17 +123,19 @@ def test_duration_and_sample_rate_preserved(models, song, sr, channels):
     if channels == 2:
         x = np.stack([x, 0.5 * x], axis=1)                          # (N, 2)
     out, out_sr = transfer.transfer(x, sr, "rock", steps=2, models=models, progress=False)
-    assert out_sr == sr and out.dtype == np.float32 and out.shape == (len(x),)
+    assert out_sr == sr and out.dtype == np.float32 and out.shape == x.shape
     assert np.isfinite(out).all() and 1e-3 < np.abs(out).max() <= 1.5
 
 
-def test_cli_stereo_flac_at_44k1_gives_mono_wav_of_same_duration(tmp_path, capsys, song):
+@pytest.mark.parametrize("mono", [False, True])
+def test_cli_stereo_flac_at_44k1_gives_wav_of_same_duration(tmp_path, capsys, song, mono):
     x = data.resample(song[:32000], 16000, 44100)
     src = write(tmp_path / "song.flac", np.stack([x, -x * 0.3], 1), 44100)
-    code, out, err = run_cli(capsys, src, "guitar", "--steps", 2, "--vocoder", "griffinlim")
+    code, out, err = run_cli(capsys, src, "guitar", "--steps", 2, "--vocoder", "griffinlim",
+                             *(["--mono"] if mono else []))
     info = sf.info(str(tmp_path / "song.guitar.wav"))                # the default name
     assert code == 0 and out.strip() == str(tmp_path / "song.guitar.wav")
-    assert (info.samplerate, info.channels, info.frames) == (44100, 1, len(x))
+    assert (info.samplerate, info.channels, info.frames) == (44100, 1 if mono else 2, len(x))
 
 
 def test_long_input_equals_its_parts_away_from_the_junction(models, song):
@@ -141,6 +144,7 @@ def test_long_input_equals_its_parts_away_from_the_junction(models, song):
     transfers of the song with different noise do. Windows of 16 latent frames, hop 8,
     and a cut at latent frame 80 make the parts' windows the whole's windows."""
     spec = transfer.log_mel(models, song, 16000)                    # (1, 1, 128, 626)
+    ae, scale = models.autoencoder, models.latent_scale
     context = models.ldm.style.from_labels(torch.tensor([models.styles.index("rock")]))
     g = torch.Generator().manual_seed(0)
     noise, other_noise = (torch.randn(1, 4, 32, 157, generator=g) for _ in range(2))
@@ -150,8 +154,10 @@ def test_long_input_equals_its_parts_away_from_the_junction(models, song):
     assert {cut + s for s in diffusion.window_starts(157 - cut, window, overlap)} <= set(starts)
 
     def run(s, n):
-        return transfer.stylize(models, s, context, steps=2, noise=n, mode="sdedit",
-                                window=window, overlap=overlap)[0, 0]   # (128, T)
+        with torch.no_grad():
+            z = transfer.stylize(models, ae.encode(s).mode() * scale, context, steps=2,
+                                 noise=n, mode="sdedit", window=window, overlap=overlap)
+            return ae.decode(z / scale)[0, 0, :, :s.shape[-1]]          # (128, T)
     whole, other = run(spec, noise), run(spec, other_noise)
     parts = torch.cat([run(spec[..., :4 * cut], noise[..., :cut]),
                        run(spec[..., 4 * cut:], noise[..., cut:])], -1)
@@ -185,7 +191,7 @@ def test_silence_warns_and_writes_silence(tmp_path, capsys):
     src = write(tmp_path / "quiet.wav", np.zeros((22050, 2), np.float32), 22050)
     code, _, err = run_cli(capsys, src, "rock", "--vocoder", "griffinlim")
     out, sr = sf.read(str(tmp_path / "quiet.rock.wav"))
-    assert code == 0 and "silent" in err and sr == 22050 and out.shape == (22050,)
+    assert code == 0 and "silent" in err and sr == 22050 and out.shape == (22050, 2)
     assert not out.any()
 
 
@@ -217,9 +223,17 @@ def test_plot_writes_a_valid_png(tmp_path, capsys, song):
         chunks[kind] = chunks.get(kind, b"") + body
         pos += 12 + n
     W, H, depth, colour = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
-    assert (W, H, depth, colour) == (2 * 126 + 4, 2 * 128, 8, 2) and b"IEND" in chunks
+    assert (W, H) == (plot.LEFT + 2 * 126 + plot.GAP + plot.BAR,
+                      plot.TOP + plot.ROW_SCALE * 128 + plot.BOTTOM)
+    assert (depth, colour) == (8, 2) and b"IEND" in chunks
     rows = zlib.decompress(chunks[b"IDAT"])
     assert len(rows) == H * (1 + 3 * W) and rows[::1 + 3 * W] == bytes(H)   # filter bytes 0
+    img = np.frombuffer(rows, np.uint8).reshape(H, 1 + 3 * W)[:, 1:].reshape(H, W, 3)
+    ink = (img == plot.INK).all(-1)
+    # labels in every margin: Hz at the left, seconds below, titles above, dB at the right
+    assert ink[plot.TOP:-plot.BOTTOM, :plot.LEFT - 6].sum() > 50
+    assert ink[-plot.BOTTOM + 5:].sum() > 100 and ink[:plot.TOP - 2].sum() > 100
+    assert ink[plot.TOP:-plot.BOTTOM, -plot.BAR + 26:].sum() > 50
 
 
 # ---------------------------------------------------------------- GuideDiff
@@ -287,8 +301,7 @@ def _bad_inputs():
         return t / name
     return {
         "missing file": lambda t, s: ([t / "nope.wav", "rock"], ["no input file"]),
-        "a directory": lambda t, s: ([t, "rock"], ["folder"]),
-        "empty file": lambda t, s: ([text(t, "in.wav", b""), "rock"], ["empty"]),
+                "empty file": lambda t, s: ([text(t, "in.wav", b""), "rock"], ["empty"]),
         "corrupt file": lambda t, s: ([text(t, "in.wav", audio(t, s).read_bytes()[:30]), "rock"],
                                       ["not audio"]),
         "non-audio file": lambda t, s: ([text(t, "in.wav", b"title,artist\n" * 50), "rock"],
@@ -324,7 +337,13 @@ def _bad_inputs():
             [audio(t, s), "rock", "-o", audio(t, s, "f.wav") / "o.wav"], ["not a folder"]),
         "output is the input": lambda t, s: ([audio(t, s), "rock", "-o", t / "in.wav"],
                                              ["is the input"]),
-        "output is a folder": lambda t, s: ([audio(t, s), "rock", "-o", t], ["folder"]),
+        "several inputs, -o a file": lambda t, s: (
+            [audio(t, s), audio(t, s, "b.wav"), "rock", "-o", t / "o.wav"], ["existing folder"]),
+        "a folder with no audio": lambda t, s: ([t, "rock"], ["no audio files"]),
+        "unknown style, close to one": lambda t, s: ([audio(t, s), "rokc"], ["'rokc'",
+                                                                             "did you mean rock"]),
+        "a file where the style goes": lambda t, s: ([audio(t, s), audio(t, s, "b.wav")],
+                                                     ["b.wav is a file", "STYLE"]),
         "output format unknown": lambda t, s: ([audio(t, s), "rock", "-o", t / "o.mp4"],
                                                [".mp4", ".wav"]),
         "unknown option": lambda t, s: ([audio(t, s), "rock", "--sampler", "ddpm"],
@@ -367,3 +386,119 @@ def test_errors_in_a_real_process_have_no_traceback(tmp_path):
                            capture_output=True, text=True, cwd=tmp_path)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert "Traceback" not in r.stderr and not any(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- stereo, blocks, several inputs
+def stereo_song(song, sr=44100, seconds=2.0):
+    """A stereo mix: the song panned left for its first half, right for its second, and
+    a decorrelated quiet copy (room) in both: channels that differ in time and band."""
+    x = data.resample(song, 16000, sr)
+    n = int(seconds * sr)
+    left = np.where(np.arange(n) < n // 2, 0.9, 0.3)
+    room = np.roll(x[n:2 * n], 1234)
+    return np.stack([left * x[:n] + 0.1 * room, (1.2 - left) * x[:n] - 0.1 * room], 1)
+
+
+def test_stereo_output_keeps_the_source_image_and_its_mid_is_the_mono_transfer(models, song):
+    import stereo
+    x = stereo_song(song).astype(np.float32)
+    out, _ = transfer.transfer(x, 44100, "Rock", steps=2, models=models, progress=False)
+    mid, _ = transfer.transfer(x.mean(1), 44100, "rock", steps=2, models=models,
+                               progress=False)
+    assert out.shape == x.shape
+    np.testing.assert_allclose(out.mean(1), mid, atol=1e-5)   # the mono sum: no comb
+    source_r, output_r = stereo.correlation(x), stereo.correlation(out)
+    assert abs(source_r - output_r) < 0.25 and output_r < 0.9, (source_r, output_r)
+    # the left/right balance follows the source's in time: left, then right
+    for half in (slice(0, 33075), slice(55125, None)):       # away from the turn
+        balance = [np.sign((v[half, 0] ** 2).sum() - (v[half, 1] ** 2).sum()) for v in (x, out)]
+        assert balance[0] == balance[1]
+
+
+def test_blocks_join_into_the_whole_song(models, song, monkeypatch):
+    """Streamed in 2-s blocks, a 9-s stereo song comes out close to how it does in one
+    block (log-mels closer than another seed's by far; not equal: the autoencoder's
+    GroupNorm sees each block's statistics, as it sees each AE_CHUNK's on long songs), and
+    the blocks cover it edge to edge on whole latent frames at both rates."""
+    x = data.resample(song[:144000], 16000, 44100)
+    x = np.stack([x, 0.5 * x], 1).astype(np.float32)
+
+    def run(seed=0):
+        return transfer.transfer(x, 44100, "piano", steps=2, seed=seed, models=models,
+                                 progress=False, mode="sdedit", strength=0.5)[0]
+    whole, other = run(), run(1)
+    monkeypatch.setattr(transfer, "BLOCK_SECONDS", 2.0)
+    monkeypatch.setattr(transfer, "BLOCK_MARGIN", 1.0)
+    plan = transfer.blocks(models, 44100, len(x))
+    assert len(plan) == 5 and plan[0][1] == 0 and plan[-1][2] == len(x)
+    assert all(p[2] == q[1] for p, q in zip(plan, plan[1:]))
+    assert all(s % 14112 == 0 for _, s, _, _ in plan)          # 0.32 s: 5 latent frames
+    parts = run()
+    assert parts.shape == x.shape
+
+    def spec(v):
+        return transfer.log_mel(models, v.mean(1), 44100)[0, 0]
+    error, spread = ((spec(v) - spec(whole)).abs().mean() for v in (parts, other))
+    assert error < 0.3 * spread, (error, spread)              # measured: 0.17
+
+
+def test_positional_noise_agrees_where_spans_overlap():
+    a = transfer.positional_noise(1000, 50000, seed=3)
+    b = transfer.positional_noise(40000, 90000, seed=3)
+    torch.testing.assert_close(a[40000 - 1000:], b[:10000])
+    assert not torch.equal(transfer.positional_noise(0, 100, 3), transfer.positional_noise(0, 100, 4))
+
+
+def test_several_inputs_and_a_folder_in_one_call(tmp_path, capsys, song, monkeypatch):
+    loads = []
+    real_load = transfer.load_models
+    monkeypatch.setattr(transfer, "load_models", lambda *a, **k: loads.append(1) or
+                        real_load(*a, **k))
+    folder = tmp_path / "album"
+    (folder / "cd2").mkdir(parents=True)
+    a = write(folder / "a.wav", song[:16000], 16000)
+    b = write(folder / "cd2" / "b.flac", np.stack([song[:16000]] * 2, 1), 16000)
+    write(folder / "a.rock.wav", song[:8000], 16000)             # an earlier output: skipped
+    c = write(tmp_path / "c.ogg", song[16000:32000], 16000)
+    bad = tmp_path / "missing.wav"
+    code, out, err = run_cli(capsys, c, bad, folder, "ROCK", "--steps", 2,
+                             "--vocoder", "griffinlim")
+    made = [folder / "a.rock.wav", folder / "cd2" / "b.rock.wav", tmp_path / "c.rock.wav"]
+    assert code == 2 and len(loads) == 1
+    assert sorted(out.split()) == sorted(map(str, made))
+    assert "missing.wav" in err and "1 of 4 inputs failed" in err
+    assert sf.info(str(made[1])).channels == 2 and sf.info(str(made[0])).frames == 16000
+    assert a.exists() and b.exists() and not list(tmp_path.rglob(".*tmp"))
+
+
+def test_several_inputs_into_an_output_folder_with_pictures(tmp_path, capsys, song):
+    srcs = [write(tmp_path / f"{name}.wav", song[:16000], 16000) for name in "xy"]
+    (tmp_path / "out").mkdir()
+    code, out, err = run_cli(capsys, *srcs, "--style", "Flute", "-o", tmp_path / "out",
+                             "--plot", tmp_path / "out", "--steps", 2, "--vocoder", "griffinlim")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "x.flute.png", "x.flute.wav", "y.flute.png", "y.flute.wav"]
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM", "SIGKILL"])
+def test_interrupted_or_killed_leaves_nothing(tmp_path, song, signum):
+    """Ctrl-C (SIGINT), SIGTERM and SIGKILL in the middle of a transfer: the folder holds
+    the input and nothing else."""
+    import signal
+    import time
+    if signum == "SIGKILL" and not hasattr(os, "O_TMPFILE"):
+        pytest.skip("without O_TMPFILE a killed process leaves its temporary file")
+    src = write(tmp_path / "in.wav", np.tile(song, 3), 16000)           # 30 s
+    p = subprocess.Popen([sys.executable, str(ROOT / "transfer.py"), str(src), "rock",
+                          "--steps", "200", "--vocoder", "griffinlim"],
+                         stderr=subprocess.PIPE, cwd=tmp_path)
+    seen, t0 = b"", time.time()
+    while b"step" not in seen and time.time() - t0 < 120:                # the U-Net is running
+        seen += os.read(p.stderr.fileno(), 4096)
+    p.send_signal(getattr(signal, signum))
+    rest = p.communicate(timeout=60)[1]
+    assert p.returncode != 0 and b"Traceback" not in seen + rest, (seen + rest)[-500:]
+    if signum != "SIGKILL":
+        assert p.returncode == 130 and b"interrupted" in rest
+    assert [f.name for f in tmp_path.iterdir()] == ["in.wav"]
