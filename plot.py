@@ -43,9 +43,14 @@ FONT = dict(zip(
     00010204081000 0004041F040400 0E110102040004 0C040800000000 18190204081303""".split()))
 
 
+# Letters with descenders take an 8th row (the ROM's 5 x 8 cell).
+FONT.update(g="00000F11110F010E", j="020006020202120C", p="00001E11111E1010",
+            q="00000F11110F0101", y="00001111110F010E")
+
+
 def glyph(char):
-    """(7, 5) bool pixels of a character ('?' for those the font lacks)."""
-    rows = bytes.fromhex(FONT.get(char, FONT["?"]))
+    """(8, 5) bool pixels of a character ('?' for those the font lacks)."""
+    rows = bytes.fromhex(FONT.get(char, FONT["?"]).ljust(16, "0"))
     return np.array([[(r >> (4 - c)) & 1 for c in range(5)] for r in rows], bool)
 
 

@@ -6,11 +6,12 @@ import plot
 
 
 def test_text_draws_the_font_bits():
-    img = np.full((9, 20, 3), 255, np.uint8)
-    plot.draw_text(img, 1, 1, "7L")
+    img = np.full((10, 20, 3), 255, np.uint8)
+    plot.draw_text(img, 1, 1, "7g")
     ink = (img == plot.INK).all(-1)
-    assert (ink[1:8, 1:6] == plot.glyph("7")).all() and (ink[1:8, 7:12] == plot.glyph("L")).all()
-    assert ink.sum() == plot.glyph("7").sum() + plot.glyph("L").sum()
+    assert (ink[1:9, 1:6] == plot.glyph("7")).all() and (ink[1:9, 7:12] == plot.glyph("g")).all()
+    assert ink.sum() == plot.glyph("7").sum() + plot.glyph("g").sum()
+    assert plot.glyph("g")[7].any() and not plot.glyph("7")[7].any()     # a descender
     assert (plot.glyph("~") == plot.glyph("?")).all()          # not in the font
 
 
