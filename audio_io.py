@@ -216,6 +216,15 @@ def signals_raise(signums=(signal.SIGTERM, signal.SIGHUP)):
             signal.signal(s, handler)
 
 
+def check_memory(needed, name):
+    """A one-line ValueError when this machine has less memory free than `needed` bytes."""
+    free = available_memory()
+    if free is not None and free < needed:
+        raise ValueError(f"{name} needs about {needed / 1e9:.1f} GB of free memory and "
+                         f"{free / 1e9:.1f} GB is free; close other programs, or split "
+                         f"the file")
+
+
 def available_memory():
     """Bytes of memory available to a new allocation (Linux's MemAvailable), or None."""
     try:

@@ -60,6 +60,8 @@ REF_CROPS = 8           # a clip's style: mean of its tokens over up to this man
 BLOCK_SECONDS = 30.0    # songs stream through the models in blocks this long, ...
 BLOCK_MARGIN = 2.0      # ... each with this much context either side (dropped afterwards)
 NOISE_BLOCK = 16384     # positional_noise: samples drawn from one seed
+MEMORY_BASE = 1.2e9     # bytes a transfer needs (peak 0.99 GB for a 3-minute song, README)
+MEMORY_PER_HOUR = 0.3e9  # and more for each hour of audio (the latents held whole)
 
 
 # ---------------------------------------------------------------- chunks
@@ -462,6 +464,8 @@ def run(args):
             plot_path = args.plot and (Path(args.plot) / f"{out.stem}.png" if several
                                        else Path(args.plot))
             source = audio_io.open_audio(path)
+            audio_io.check_memory(MEMORY_BASE + MEMORY_PER_HOUR * source.frames / source.sr
+                                  / 3600, f"{path} ({source.frames / source.sr / 60:.0f} min)")
             if args.vocoder is None and not done:
                 print(f"note: {models.note}", file=sys.stderr)
             transfer_file(models, source, out, fmt, args, style, ref, plot_path)

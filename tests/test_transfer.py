@@ -340,6 +340,7 @@ def _bad_inputs():
         "several inputs, -o a file": lambda t, s: (
             [audio(t, s), audio(t, s, "b.wav"), "rock", "-o", t / "o.wav"], ["existing folder"]),
         "a folder with no audio": lambda t, s: ([t, "rock"], ["no audio files"]),
+        "too little memory": lambda t, s: ([audio(t, s), "rock", "--mem"], ["GB of free memory"]),
         "unknown style, close to one": lambda t, s: ([audio(t, s), "rokc"], ["'rokc'",
                                                                              "did you mean rock"]),
         "a file where the style goes": lambda t, s: ([audio(t, s), audio(t, s, "b.wav")],
@@ -355,8 +356,12 @@ BAD = _bad_inputs()
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, song, case):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, song, case,
+                                                         monkeypatch):
     argv, words = BAD[case](tmp_path, song)
+    if "--mem" in argv:                      # a small machine: 100 MB free
+        argv.remove("--mem")
+        monkeypatch.setattr(transfer.audio_io, "available_memory", lambda: 100e6)
     before = files_under(tmp_path)
     code, out, err = run_cli(capsys, *argv, "--steps", 2, "--vocoder", "griffinlim") \
         if case not in ("missing guidediff", "unknown option") else run_cli(capsys, *argv)
