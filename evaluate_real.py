@@ -77,10 +77,11 @@ def content_kept(out, src, sample_rate, shifts=SHIFTS):
 
 
 @torch.no_grad()
-def score_real(models, judge, files, progress=True):
-    """Every excerpt into every style with transfer.transfer() (its defaults), judged by the
-    classifier at 16 kHz. Returns per-target accuracy and content kept, the same for the
-    unchanged sources, and the excerpts' names."""
+def score_real(models, judge, files, progress=True, **settings):
+    """Every excerpt into every style with transfer.transfer() (its defaults, or settings:
+    its keyword arguments, for development), judged by the classifier at 16 kHz. Returns
+    per-target accuracy and content kept, the same for the unchanged sources, and the
+    excerpts' names."""
     sr, styles = judge.sample_rate, models.styles
     rows = {t: dict(correct=[], content_kept=[], source_correct=[]) for t in styles}
     names = []
@@ -92,7 +93,7 @@ def score_real(models, judge, files, progress=True):
         source_label = judge.classifier(judge.logmel(source)).argmax(-1).item()
         for target in styles:
             out, out_sr = transfer_lib.transfer(wave, file_sr, target, models=models,
-                                                progress=False)
+                                                progress=False, **settings)
             out = torch.from_numpy(data.resample(out, out_sr, sr))[None]
             out, src = metrics.crop_pair(out, source)
             label = judge.classifier(judge.logmel(out)).argmax(-1).item()
