@@ -122,6 +122,22 @@ def closest(name, names, what="style"):
 
 
 # ---------------------------------------------------------------- writing
+LIMIT_KNEE = 0.9        # soft_limit: samples below this level pass unchanged
+
+
+def soft_limit(block, knee=LIMIT_KNEE):
+    """Keep a (samples, channels) block inside full scale without hard clipping: the peak
+    over channels p of each sample above the knee becomes knee + (1 - knee) tanh((p - knee)
+    / (1 - knee)), every channel scaled alike (so the stereo image and the mono sum's shape
+    hold). Continuous and smooth at the knee (slope 1), never above 1."""
+    peak = np.abs(block).max(axis=1, keepdims=True)
+    over = peak > knee
+    if not over.any():
+        return block
+    limited = knee + (1 - knee) * np.tanh((peak - knee) / (1 - knee))
+    return (block * np.where(over, limited / np.maximum(peak, 1e-12), 1.0)).astype(block.dtype)
+
+
 def output_path(source, name, output=None, folder=False):
     """Where the output of `source` goes and its soundfile format, checked before any work:
     SOURCE.NAME.wav beside the source by default; output is a file, or (folder=True, or an

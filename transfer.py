@@ -291,7 +291,7 @@ def transfer_stream(source, write, style=None, *, models, ref=None, strength=STR
                 wave = stereo.widen(wave, source.read(start, hi), sr)[s - start:e - start]
             else:
                 wave = wave[s - start:e - start, None]
-        write(wave.astype(np.float32))
+        write(audio_io.soft_limit(wave.astype(np.float32)))     # no clipping in PCM files
     return True
 
 

@@ -61,3 +61,15 @@ def test_atomic_output_appears_whole_or_not_at_all(tmp_path, monkeypatch, unname
             f.write(b"partial")
             raise RuntimeError("interrupted")
     assert out.read_bytes() == b"abc" and sorted(tmp_path.iterdir()) == [out]
+
+
+def test_soft_limit_passes_the_quiet_and_bends_the_loud_alike_in_both_channels():
+    x = np.random.default_rng(1).normal(scale=0.7, size=(20000, 2)).astype(np.float32)
+    y = audio_io.soft_limit(x)
+    quiet = np.abs(x).max(1) <= audio_io.LIMIT_KNEE
+    np.testing.assert_array_equal(y[quiet], x[quiet])
+    assert np.abs(y).max() <= 1 and (~quiet).sum() > 100
+    loud = ~quiet
+    np.testing.assert_allclose(y[loud, 0] * x[loud, 1], y[loud, 1] * x[loud, 0], atol=1e-6)
+    p = np.linspace(0, 3, 3001, dtype=np.float32)[:, None]
+    assert (np.diff(audio_io.soft_limit(p)[:, 0]) >= -1e-6).all()     # monotonic
