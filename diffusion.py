@@ -303,3 +303,15 @@ def windowed(unet_model, length, window, overlap, batch=16, bf16=True, cond=None
         return blended / total.to(blended)                                  # (B, C, F, length)
 
     return model
+
+
+NOISE_BLOCK = 16384     # positional_noise: samples drawn from one seed
+
+
+def positional_noise(lo, hi, seed, rows=(), rand=torch.randn, block=NOISE_BLOCK):
+    """Noise (*rows, hi - lo) for positions lo..hi of a song: cut from fixed blocks, each
+    drawn from its own seed, so any two spans agree where they overlap (the vocoder's
+    starting noise and Griffin-Lim's starting phase are then one signal across blocks)."""
+    pieces = [rand(*rows, block, generator=torch.Generator().manual_seed(seed * 100003 + j))
+              for j in range(lo // block, -(-hi // block))]
+    return torch.cat(pieces, -1)[..., lo % block:lo % block + hi - lo]

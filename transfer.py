@@ -59,7 +59,6 @@ AE_MARGIN = 64          # ... each with this much context either side, dropped a
 REF_CROPS = 8           # a clip's style: mean of its tokens over up to this many crops
 BLOCK_SECONDS = 30.0    # songs stream through the models in blocks this long, ...
 BLOCK_MARGIN = 2.0      # ... each with this much context either side (dropped afterwards)
-NOISE_BLOCK = 16384     # positional_noise: samples drawn from one seed
 MEMORY_BASE = 1.2e9     # bytes a transfer needs (peak 0.99 GB for a 3-minute song, README)
 MEMORY_PER_HOUR = 0.3e9  # and more for each hour of audio (the latents held whole)
 
@@ -141,28 +140,19 @@ def stylize(models, z, context, *, source_context=None, strength=STRENGTH, mode=
                                  progress=bar("denoising"))
 
 
-def positional_noise(lo, hi, seed, rows=(), rand=torch.randn, block=NOISE_BLOCK):
-    """Noise (*rows, hi - lo) for positions lo..hi of a song: cut from fixed blocks, each
-    drawn from its own seed, so any two spans agree where they overlap (the vocoder's
-    starting noise and Griffin-Lim's starting phase are then one signal across blocks)."""
-    pieces = [rand(*rows, block, generator=torch.Generator().manual_seed(seed * 100003 + j))
-              for j in range(lo // block, -(-hi // block))]
-    return torch.cat(pieces, -1)[..., lo % block:lo % block + hi - lo]
-
-
 @torch.no_grad()
 def vocode(models, spec, length, seed=SEED, start=0):
     """Log-mel (1, 1, n_mels, T) -> wave (1, length) with GuideDiff, or Griffin-Lim. start:
     the spectrogram's first frame in the song (frame `start` is sample start * hop)."""
     a = models.cfg.audio
     if models.vocoder is not None:
-        noise = positional_noise(start * a.hop, start * a.hop + length, seed, (1,))
+        noise = diffusion.positional_noise(start * a.hop, start * a.hop + length, seed, (1,))
         with torch.autocast(spec.device.type, dtype=torch.bfloat16, enabled=models.bf16):
             return models.vocoder.vocode(spec, noise_levels=models.noise_levels, noise=noise,
                                          length=length).float()
     magnitude = models.logmel.mel_to_magnitude(spec)                         # (1, F, T)
-    phase = positional_noise(start, start + spec.shape[-1], seed, magnitude.shape[:2],
-                             torch.rand, NOISE_BLOCK // a.hop)
+    phase = diffusion.positional_noise(start, start + spec.shape[-1], seed, magnitude.shape[:2],
+                             torch.rand, diffusion.NOISE_BLOCK // a.hop)
     return griffin_lim(magnitude, a.n_fft, a.hop, n_iter=GRIFFIN_LIM_ITERS, length=length,
                        phase=phase.to(magnitude))
 
@@ -379,10 +369,9 @@ def split_items(args):
     --ref names the target."""
     items = list(args.items)
     if args.style is not None or args.ref is not None:
-        last = Path(items[-1]) if items else Path("-.wav")
-        a_style_too = not last.exists() and last.suffix.lower() not in data.AUDIO_EXTS
-        if args.style is not None and (args.ref is not None or a_style_too) or \
-                args.ref is not None and a_style_too:
+        last = Path(items[-1]) if items else Path("-.wav")   # a style name given too?
+        if args.style is not None and args.ref is not None or not last.exists() \
+                and last.suffix.lower() not in data.AUDIO_EXTS:
             raise ValueError("give a target STYLE or a --ref clip, not both")
         style = args.style
     else:

@@ -451,10 +451,10 @@ def test_blocks_join_into_the_whole_song(models, song, monkeypatch):
 
 
 def test_positional_noise_agrees_where_spans_overlap():
-    a = transfer.positional_noise(1000, 50000, seed=3)
-    b = transfer.positional_noise(40000, 90000, seed=3)
+    a = diffusion.positional_noise(1000, 50000, seed=3)
+    b = diffusion.positional_noise(40000, 90000, seed=3)
     torch.testing.assert_close(a[40000 - 1000:], b[:10000])
-    assert not torch.equal(transfer.positional_noise(0, 100, 3), transfer.positional_noise(0, 100, 4))
+    assert not torch.equal(diffusion.positional_noise(0, 100, 3), diffusion.positional_noise(0, 100, 4))
 
 
 def test_several_inputs_and_a_folder_in_one_call(tmp_path, capsys, song, monkeypatch):
