@@ -8,6 +8,8 @@ optional patch discriminator (hinge loss) switched on after a warm-up.
 
     spec (B, 1, n_mels, T) -encode-> posterior over z (B, c, n_mels/f, ceil(T/f)) -decode-> spec
 """
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -203,3 +205,18 @@ class AutoencoderTraining(nn.Module):
         loss, _ = autoencoder_loss(self.autoencoder, spec, self.c.kl_weight,
                                           self.c.spectral_weight, self.discriminator, adv_weight)
         return loss
+
+
+def in_chunks(fn, x, chunk, margin, scale=1.0):
+    """fn over the last axis of x, `chunk` frames at a time with `margin` frames of context
+    either side (cut from the output); fn maps T frames to ceil(T * scale). chunk and
+    margin must be multiples of 1 / scale. Keeps the autoencoder's memory flat."""
+    T = x.shape[-1]
+    if T <= chunk + 2 * margin:
+        return fn(x)
+    pieces = []
+    for s in range(0, T, chunk):
+        lo, hi = max(s - margin, 0), min(s + chunk + margin, T)
+        y = fn(x[..., lo:hi])
+        pieces.append(y[..., round((s - lo) * scale):math.ceil((min(s + chunk, T) - lo) * scale)])
+    return torch.cat(pieces, -1)

@@ -110,6 +110,23 @@ class LDMConfig(TrainingConfig):
 
 
 @dataclass
+class DistillConfig(TrainingConfig):
+    """The few-step student of the LDM (distill.py): the teacher's U-Net plus low-rank
+    adapters and a guidance input, trained so that one of its steps lands where two of its
+    teacher's guided steps do (one round of progressive distillation)."""
+    student_steps: int = 2            # the student's steps; its teacher takes twice as many
+    rank: int = 32                    # of the adapters on every convolution and linear layer
+    guidance_min: float = 1.0         # w drawn uniformly from this range in training
+    guidance_max: float = 5.0
+    versions: int = 1                 # recorded versions of each source (the LDM's: 2)
+    steps: int = 1500
+    batch_size: int = 8
+    lr: float = 3e-4
+    warmup: int = 100
+    ema: float = 0.995
+
+
+@dataclass
 class GuideDiffConfig(TrainingConfig):
     """GuideDiff, the diffusion vocoder (guidediff.py): frame-rate ConvNeXt denoiser."""
     dim: int = 256
@@ -230,6 +247,7 @@ class Config:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     ldm: LDMConfig = field(default_factory=LDMConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     guidediff: GuideDiffConfig = field(default_factory=GuideDiffConfig)
     cyclegan: CycleGANConfig = field(default_factory=CycleGANConfig)
     unit: UNITConfig = field(default_factory=UNITConfig)

@@ -90,6 +90,13 @@ def x0_eps_from_v(sched, x_t, t, v):
     return a * x_t - s * v, s * x_t + a * v
 
 
+def alpha_sigma(sched, t, x):
+    """(sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)) for timesteps t (B,), shaped like x;
+    t = -1 is the clean end, (1, 0)."""
+    alphas_cumprod = torch.cat([sched.alphas_cumprod, torch.ones(1, dtype=torch.float64)])
+    return _at(alphas_cumprod.sqrt(), t, x), _at((1 - alphas_cumprod).sqrt(), t, x)
+
+
 def x0_eps(sched, x_t, t, pred, prediction):
     """(x0_pred, eps_pred) from a model output of either parameterisation. With zero
     terminal SNR, eps-prediction cannot give x0 at t = T - 1 (alpha_bar = 0): use v there."""
@@ -140,6 +147,14 @@ def ddim_step(sched, x_t, t, t_prev, pred, prediction="v", eta=0.0, noise=None):
                        sched.alphas_cumprod[t_prev].item(), eta, noise)
 
 
+def ddim_jump(sched, x_t, t, t_next, pred, prediction="v"):
+    """Deterministic DDIM (eq. 12, eta = 0) with a timestep per item: x_t at t (B,) to
+    t_next (B,), -1 meaning x0; ddim_step's arithmetic for a batch of mixed timesteps."""
+    x0_pred, eps = x0_eps(sched, x_t, t, pred, prediction)
+    a, s = alpha_sigma(sched, t_next, x_t)
+    return a * x0_pred + s * eps
+
+
 def ddim_update(x0_pred, eps, a_t, a_prev, eta=0.0, noise=None):
     """The DDIM update's arithmetic for any noise levels alpha_bar_t -> alpha_bar_prev,
     integer timesteps or continuous (GuideDiff): sqrt(a_prev) x0 + direction + sigma noise."""
@@ -161,6 +176,36 @@ def ddim_sample(model, sched, x_t, context, steps, eta=0.0, guidance=1.0, null_c
         pred = guided_prediction(model, x_t, tt, context, null_context, guidance)
         noise = torch.randn(x_t.shape, generator=generator).to(x_t) if eta > 0 else None
         x_t = ddim_step(sched, x_t, t, t_prev, pred, prediction, eta, noise)
+    return x_t
+
+
+def dpm_solver_sample(model, sched, x_t, context, steps, guidance=1.0, null_context=None,
+                      t_start=None, prediction="v", progress=None):
+    """Denoise x_t to x0 with DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): a multistep
+    second-order solver of the probability-flow ODE in log-SNR lambda = log(a / s) that
+    works on the model's x0 predictions; first order at the first and last steps, as
+    diffusers does for few steps (lower_order_final). Same grid and calls as ddim_sample.
+    With zero terminal SNR the first step starts at lambda = -inf, where exp(-h) = 0."""
+    ts = ddim_timesteps(sched.T, steps, t_start).tolist()
+    loop = list(zip(ts, ts[1:] + [-1]))
+
+    def log_snr(t):
+        a, s = (math.sqrt(v) for v in ((sched.alphas_cumprod[t].item(),
+                                        1 - sched.alphas_cumprod[t].item()) if t >= 0 else (1, 0)))
+        return (math.log(a / s) if a > 0 and s > 0 else math.copysign(math.inf, a - 0.5)), a, s
+    x0_prev, h_prev = None, None
+    for i, (t, t_next) in enumerate(progress(loop) if progress else loop):
+        tt = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+        pred = guided_prediction(model, x_t, tt, context, null_context, guidance)
+        x0 = x0_eps(sched, x_t, tt, pred, prediction)[0]
+        (lam, _, s), (lam_next, a_next, s_next) = log_snr(t), log_snr(t_next)
+        h = lam_next - lam
+        D = x0
+        if x0_prev is not None and t_next >= 0:            # second order: extrapolate x0
+            r = h_prev / h
+            D = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * x0_prev
+        x_t = (s_next / s) * x_t - a_next * math.expm1(-h) * D if t_next >= 0 else x0
+        x0_prev, h_prev = x0, h
     return x_t
 
 

@@ -124,13 +124,62 @@ def transfer_system(models, sample_rate, **settings):
     return system
 
 
-def transfer_row_name(models, **settings):
-    s = dict(mode=transfer_lib.MODE, strength=transfer_lib.STRENGTH,
-             guidance=transfer_lib.GUIDANCE, steps=transfer_lib.STEPS, **settings)
+def transfer_row_name(models, teacher=False, **settings):
+    """teacher: models were loaded with load_models(teacher=True) though a student exists."""
+    s = transfer_lib.defaults(models, **settings)
     vocoder = "GuideDiff" if models.vocoder is not None else "Griffin-Lim"
-    which = "transfer.py defaults" if not settings else "transfer.py"
-    return (f"{which}: LDM {s['mode']} (strength {s['strength']}, w={s['guidance']}, "
-            f"{s['steps']} steps) + {vocoder}")
+    which = "transfer.py" + (" --teacher" if teacher else "") + ("" if settings else " defaults")
+    unet = f"{models.student_steps}-step student" if models.student is not None else "LDM"
+    sampler = ", DPM-Solver++(2M)" if s["sampler"] == "dpm" else ""
+    return (f"{which}: {unet} {s['mode']} (strength {s['strength']}, w={s['guidance']}, "
+            f"{s['steps']} steps{sampler}) + {vocoder}")
+
+
+def unet_calls(models, warm_start=transfer_lib.WARM_START, **settings):
+    """U-Net evaluations per window of a transfer (classifier-free guidance's batched
+    halves count two): the inversion's, a first step refined once and warm-started steps
+    after it (diffusion.ddim_invert), then the sampler's."""
+    s = transfer_lib.defaults(models, **settings)
+    T = models.ldm.sched.T
+    steps = len(diffusion.ddim_timesteps(T, s["steps"], int(round(s["strength"] * (T - 1)))))
+    guided = 2 if models.student is None and s["guidance"] != 1.0 else 1
+    inversion = 0 if s["mode"] != "inversion" else steps + 1 if warm_start != "off" else 2 * steps
+    return inversion + guided * steps
+
+
+# Issue 19's rows beside the default, as settings: the teacher from noise at few steps
+# (DDIM, and DPM-Solver++ with no training), inverting at fewer steps; the student on the
+# other content paths at about its cost.
+TEACHER_ROWS = [dict(), dict(mode="sdedit", strength=1.0, guidance=2.0, steps=2),
+                dict(mode="sdedit", strength=1.0, guidance=2.0, steps=4),
+                dict(mode="sdedit", strength=1.0, guidance=2.0, steps=4, sampler="dpm"),
+                dict(mode="sdedit", strength=1.0, guidance=2.0, steps=6, sampler="dpm"),
+                dict(mode="inversion", strength=0.9, steps=2)]
+STUDENT_ROWS = [dict(mode="inversion", strength=0.9), dict(mode="sdedit", strength=0.9)]
+
+
+def few_step_systems(ckpt_dir, device, models, sr):
+    """{name: (system, models, settings)} of TEACHER_ROWS (ldm.pt without its student) and
+    STUDENT_ROWS (when there is a student)."""
+    rows, teacher = {}, models
+    if models.student is not None:
+        for settings in STUDENT_ROWS:
+            rows[transfer_row_name(models, **settings)] = (
+                transfer_system(models, sr, **settings), models, settings)
+        teacher = transfer_lib.load_models(ckpt_dir, device=device, teacher=True)
+    for settings in TEACHER_ROWS if models.student is not None else TEACHER_ROWS[1:]:
+        rows[transfer_row_name(teacher, teacher=True, **settings)] = (
+            transfer_system(teacher, sr, **settings), teacher, settings)
+    return rows
+
+
+def transfer_cost(system, models, settings, wave, sr, target):
+    """U-Net calls per window, and GFLOP per second of audio of the whole transfer
+    (matmuls and convolutions, metrics.flop_counter), measured on one wave."""
+    with metrics.flop_counter() as counter:
+        system(wave, None, target, None)
+    return dict(unet_calls=unet_calls(models, **settings),
+                gflop_per_s=counter.get_total_flops() / 1e9 / (len(wave) / sr))
 
 
 def guidediff_systems(gd, logmel, device, steps_rows=VOCODER_STEPS,
@@ -352,8 +401,8 @@ def speed_table(ckpt_dir, device, split):
     ceiling = {"fp32": metrics.matmul_gflops(device=device),
                "bf16": metrics.matmul_gflops(dtype=torch.bfloat16, device=device)}
     rows = {}
-    for compiled in (False, True):
-        for precision in ("fp32", "bf16"):
+    for compiled in (False, True):             # bf16 only where it runs faster (AMX, ...)
+        for precision in ("fp32", "bf16") if metrics.bf16_pays(device) else ("fp32",):
             name = f"{'compiled' if compiled else 'eager'}, {precision}"
             models = transfer_lib.load_models(ckpt_dir, device=device, compile=compiled,
                                               bf16=precision == "bf16")
@@ -412,7 +461,9 @@ def evaluate(opts, command):
     models = transfer_lib.load_models(opts.ckpt_dir, device=opts.device)
     transfer_rows, resynthesis_rows = reference_systems(main, logmel, cfg.audio)
     references = set(transfer_rows)         # stored audio: no compute to time
-    transfer_rows[transfer_row_name(models)] = transfer_system(models, sr)
+    costed = {transfer_row_name(models): (transfer_system(models, sr), models, {})}
+    costed.update(few_step_systems(opts.ckpt_dir, opts.device, models, sr))
+    transfer_rows.update({name: row[0] for name, row in costed.items()})
     base_transfer, base_resynthesis = baseline_systems(opts.ckpt_dir, cfg, logmel, main)
     transfer_rows.update(base_transfer)
     resynthesis_rows.update(round_trip_systems(models))
@@ -430,6 +481,9 @@ def evaluate(opts, command):
     results = dict(provenance, split=split_summary(main, sr), fad_floor=floor,
                    transfer=score_rows(transfer_rows, main, judge, False, references),
                    resynthesis=score_rows(resynthesis_rows, main, judge, True, references))
+    wave = main.waves[main.pieces[0], styles[0]]
+    for name in set(costed) & set(results["transfer"]):
+        results["transfer"][name].update(transfer_cost(*costed[name], wave, sr, styles[-1]))
     if not opts.rows:                       # tuning tables on val, then the speed table
         val = load_split(opts.data, "val", sr, styles, opts.pieces or EVAL_PIECES)
         tuning = dict(split=split_summary(val, sr))

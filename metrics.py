@@ -197,11 +197,37 @@ def real_time_factor(fn, audio_seconds, repeats=5, warmup=1):
 
 
 def matmul_gflops(n=1024, dtype=torch.float32, device="cpu", repeats=10):
-    """This machine's dense matmul throughput (GFLOP/s), printed beside every speed figure."""
+    """This machine's dense matmul throughput (GFLOP/s), printed beside every speed figure;
+    fewer repeats where one call takes long (bf16 on a CPU without bf16 instructions)."""
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
-    seconds = real_time_factor(lambda: a @ b, 1.0, repeats=repeats, warmup=2)
+    t0 = time.perf_counter()
+    a @ b
+    seconds = time.perf_counter() - t0
+    if seconds < 0.5:                       # else one call is measure enough
+        seconds = real_time_factor(lambda: a @ b, 1.0, repeats=repeats, warmup=1)
     return 2 * n ** 3 / seconds / 1e9
+
+
+def bf16_pays(device="cpu", n=256):
+    """Whether bfloat16 matmuls run faster than float32 ones here. A CPU with AMX or
+    AVX512-BF16 runs them up to ~4x faster; one without (AVX2 only) emulates them, hundreds
+    of times slower (0.25 GFLOP/s against 75 on a 2-core AVX2 EPYC), so bf16 autocast must
+    not be on by default everywhere. About 2 ms where bf16 is fast, 0.2 s where it is not."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return True
+    a = torch.randn(n, n, device=device)
+    seconds = {}
+    for dtype in (torch.float32, torch.bfloat16, torch.float32):    # fp32 warmed up once
+        x = a.to(dtype)
+        t0 = time.perf_counter()
+        x @ x
+        seconds[dtype] = time.perf_counter() - t0
+    if seconds[torch.bfloat16] > 4 * seconds[torch.float32]:
+        return False                        # emulated: no need to look closer
+    return matmul_gflops(n, torch.bfloat16, device, 5) > matmul_gflops(n, device=device,
+                                                                      repeats=5)
 
 
 def flop_counter():

@@ -1,7 +1,7 @@
 """The trained models a transfer needs: the checkpoints loaded, checked against each other
 and against this code, and optionally compiled (transfer.py, evaluate.py).
 
-    checkpoints/{ldm,autoencoder,guidediff}.pt -> Models (eval mode, no gradients)
+    checkpoints/{ldm,autoencoder,guidediff}.pt [+ distill.pt] -> Models (eval mode, no gradients)
 """
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -10,7 +10,9 @@ import torch
 
 import autoencoder as ae_lib
 import config
+import distill
 import guidediff
+import metrics
 import unet
 from stft import LogMel
 
@@ -30,6 +32,8 @@ class Models:
     noise_levels: list = None       # GuideDiff's few-step schedule
     note: str = ""                  # which vocoder, and why
     bf16: bool = True               # bfloat16 autocast for the U-Net and GuideDiff
+    student: object = None          # the ldm's few-step student U-Net (distill.py), or None
+    student_steps: int = None       # ... the steps it was distilled for
 
     @property
     def device(self):
@@ -49,11 +53,14 @@ def load_stage(ckpt_dir, stage, build):
                          f"with `python train.py --stage {stage}`") from None
 
 
-def load_models(ckpt_dir=CKPT_DIR, vocoder=None, device="cpu", compile=False, bf16=True):
+def load_models(ckpt_dir=CKPT_DIR, vocoder=None, device="cpu", compile=False, bf16=True,
+                teacher=False):
     """Load and check the autoencoder, the ldm and the vocoder. vocoder None: GuideDiff if a
     finished guidediff.pt exists, else Griffin-Lim; Models.note says which and why.
+    The ldm's few-step student (distill.pt) is loaded when there is one, unless teacher.
     compile: torch.compile the networks (see compile_models); bf16: bfloat16 autocast for
-    the U-Net and GuideDiff (fp32 for the autoencoder, whose log-mel feeds everything)."""
+    the U-Net and GuideDiff (fp32 for the autoencoder, whose log-mel feeds everything)
+    where this machine runs bf16 faster than fp32 (metrics.bf16_pays), fp32 elsewhere."""
     ldm, ldm_ckpt = load_stage(ckpt_dir, "ldm", unet.from_checkpoint)
     autoencoder, ae_ckpt = load_stage(ckpt_dir, "autoencoder", ae_lib.from_checkpoint)
     cfg = config.config_from_dict(ldm_ckpt["config"])
@@ -62,7 +69,8 @@ def load_models(ckpt_dir=CKPT_DIR, vocoder=None, device="cpu", compile=False, bf
         raise ValueError("the ldm checkpoint was trained on another autoencoder; retrain it "
                          "with `python train.py --stage ldm`")
     models = Models(cfg, list(ldm_ckpt["styles"]), LogMel(**asdict(cfg.audio)), autoencoder,
-                    ldm, float(ldm_ckpt["latent_scale"]), bf16=bf16)
+                    ldm, float(ldm_ckpt["latent_scale"]),
+                    bf16=bf16 and metrics.bf16_pays(device))
     gd_path = Path(ckpt_dir) / "guidediff.pt"
     models.note = f"vocoder: Griffin-Lim (no {gd_path}: `python train.py --stage guidediff`)"
     if vocoder == "guidediff" or vocoder is None and gd_path.is_file():
@@ -78,7 +86,12 @@ def load_models(ckpt_dir=CKPT_DIR, vocoder=None, device="cpu", compile=False, bf
         if gd.searched or vocoder == "guidediff":
             models.vocoder, models.note = gd, f"vocoder: GuideDiff ({gd_path})"
             models.noise_levels = gd.schedules[gd.default_steps]
-    for module in (models.logmel, autoencoder, ldm, models.vocoder):
+    student_path = Path(ckpt_dir) / "distill.pt"
+    if not teacher and student_path.is_file():
+        models.student, models.student_steps, _ = distill.load_student(
+            student_path, Path(ckpt_dir) / "ldm.pt")
+        models.note += f"; U-Net: the {models.student_steps}-step student ({student_path})"
+    for module in (models.logmel, autoencoder, ldm, models.vocoder, models.student):
         if module is not None:
             module.to(device).eval().requires_grad_(False)
     if compile:
@@ -96,6 +109,8 @@ def compile_models(models):
     The autoencoder and GuideDiff see each song's length and are compiled dynamic. The
     first call pays for compilation (RESULTS.md, speed table: about a minute)."""
     models.ldm.unet = torch.compile(models.ldm.unet)
+    if models.student is not None:
+        models.student = torch.compile(models.student)
     ae = models.autoencoder
     ae.encoder, ae.decoder = (torch.compile(m, dynamic=True) for m in (ae.encoder, ae.decoder))
     if models.vocoder is not None:

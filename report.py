@@ -84,6 +84,8 @@ COLUMNS = [("style_accuracy", "style acc. (%) ↑", "{:.1f}"),
            ("logmel_l1", "log-mel L1 ↓", "{:.3f}"),
            ("mrstft", "MR-STFT ↓", "{:.3f}"),
            ("lsd", "LSD (dB) ↓", "{:.2f}"),
+           ("unet_calls", "U-Net calls / window", "{:.0f}"),
+           ("gflop_per_s", "GFLOP / s of audio", "{:.1f}"),
            ("rtf", "RTF", "{:.4f}"),
            ("outputs", "outputs", "{:.0f}")]       # one-pair models score fewer
 

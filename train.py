@@ -3,6 +3,7 @@
     python train.py --stage data                 -> data/builtin (the paired dataset)
     python train.py --stage classifier | autoencoder | ldm | guidediff | baselines
                                                  -> checkpoints/STAGE.pt
+    python train.py --stage distill              -> checkpoints/distill.pt (few-step student)
     python train.py --stage eval                 -> results/results.json, RESULTS.md
 
 Every trained stage runs the same loop (train_loop: AdamW, warm-up + cosine, EMA with
@@ -33,6 +34,7 @@ import autoencoder as ae_lib
 import baselines
 import config
 import data
+import distill
 import evaluate
 import metrics
 import report
@@ -173,6 +175,9 @@ def train_loop(model, loss_fn, dataset, c, opts, stage, validate=None, extra=Non
         opt.load_state_dict(state["opt"])
         step = state["step"]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=opts.bf16)
+    if opts.bf16 and rank == 0 and not metrics.bf16_pays(device):
+        print("warning: bfloat16 runs slower than float32 on this machine (no bf16 "
+              "instructions); drop --bf16", file=sys.stderr)
     log_dir = Path(opts.runs) / stage
     if rank == 0:
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -309,9 +314,10 @@ def stage_autoencoder(args, cfg):
               f"{tuple(val_specs.shape[1:])}, {validate(ema)}")
 
 
-def stage_ldm(args, cfg):
-    c = cfg.ldm
-    rank, world, device = setup_distributed(args.device)
+def latent_datasets(args, cfg, rank, device, c):
+    """The LDM's training and validation items (data.latent_clips) for its config c,
+    encoded by CKPT_DIR/autoencoder.pt; -> (train, val, latent scale, styles). Sets cfg's audio
+    and autoencoder sections from the autoencoder's checkpoint."""
     ae_ckpt = config.load_checkpoint(Path(args.ckpt_dir) / "autoencoder.pt", "autoencoder")
     autoencoder, scale = ae_lib.from_checkpoint(ae_ckpt).to(device), ae_ckpt["latent_scale"]
     ae_cfg = config.config_from_dict(ae_ckpt["config"])
@@ -319,21 +325,24 @@ def stage_ldm(args, cfg):
     logmel, progress = LogMel(**asdict(cfg.audio)).to(device), tqdm if rank == 0 else None
     folders = [data.AudioFolder(args.data, split, cfg.audio.sample_rate, random_clips=False,
                                 styles=ae_ckpt["styles"]) for split in ("train", "val")]
-    # Pairs exist only in the built-in data (every piece in every style); a user's folders
-    # train the paper's unpaired model.
-    c.paired = c.paired and (Path(args.data) / "metadata.json").is_file()
     chain = augment.Chain(cfg.audio.sample_rate)
-
     tag = hashlib.sha256((Path(args.ckpt_dir) / "autoencoder.pt").read_bytes()).hexdigest()[:12]
 
     def clips(folder, seed):        # whole pieces' latents, cached in DATA/cache
         return data.latent_clips(folder, autoencoder, scale, logmel, device, c, chain, seed,
                                  Path(args.data) / "cache", tag, args.bf16, progress)
+    return clips(folders[0], 1), clips(folders[1], 1000), scale, folders[0].styles
 
-    dataset, val_set = clips(folders[0], 1), clips(folders[1], 1000)
-    train = folders[0]
+
+def stage_ldm(args, cfg):
+    c = cfg.ldm
+    rank, world, device = setup_distributed(args.device)
+    # Pairs exist only in the built-in data (every piece in every style); a user's folders
+    # train the paper's unpaired model.
+    c.paired = c.paired and (Path(args.data) / "metadata.json").is_file()
+    dataset, val_set, scale, styles = latent_datasets(args, cfg, rank, device, c)
     torch.manual_seed(args.seed)
-    model = unet.build_ldm(c, len(train.styles), cfg.audio.n_mels).to(device)
+    model = unet.build_ldm(c, len(styles), cfg.audio.n_mels).to(device)
     opts = LoopOptions.from_args(args)
     if opts.init:                   # an unpaired checkpoint grows its source channels
         new = unet.load_widened(model, config.load_checkpoint(opts.init, "ldm"))
@@ -354,7 +363,7 @@ def stage_ldm(args, cfg):
             return {"val_loss": ema(*(b.to(device) for b in batch)).item()}
 
     train_loop(model, loss_fn, dataset, c, opts, "ldm", validate,
-               extra=lambda ema: dict(config=config.config_to_dict(cfg), styles=train.styles,
+               extra=lambda ema: dict(config=config.config_to_dict(cfg), styles=styles,
                                       latent_scale=scale))
     if rank == 0:
         print(f"ldm: {sum(p.numel() for p in model.parameters())} parameters")
@@ -402,10 +411,13 @@ def stage_guidediff(args, cfg):
 
 def stage_baselines(args, cfg):
     """Train the paper's baselines (baselines/), or just --baseline NAME."""
-    kit = argparse.Namespace(train_loop=train_loop, options=LoopOptions.from_args,
-                             audio_splits=audio_splits, setup_distributed=setup_distributed)
     for name in [args.baseline] if args.baseline else baselines.NAMES:
-        baselines.module(name).train(args, cfg, kit)
+        baselines.module(name).train(args, cfg, KIT)
+
+
+def stage_distill(args, cfg):
+    """The few-step student of ldm.pt (distill.py), one round."""
+    distill.train(args, cfg, KIT)
 
 
 def stage_eval(args, cfg):
@@ -427,8 +439,12 @@ def stage_eval(args, cfg):
 
 
 STAGES = {"data": stage_data, "classifier": stage_classifier, "autoencoder": stage_autoencoder,
-          "ldm": stage_ldm, "guidediff": stage_guidediff, "baselines": stage_baselines,
-          "eval": stage_eval}
+          "ldm": stage_ldm, "distill": stage_distill, "guidediff": stage_guidediff,
+          "baselines": stage_baselines, "eval": stage_eval}
+# What the stages written in other files (baselines/, distill.py) use of this one.
+KIT = argparse.Namespace(train_loop=train_loop, options=LoopOptions.from_args,
+                         audio_splits=audio_splits, setup_distributed=setup_distributed,
+                         latent_datasets=latent_datasets)
 
 
 def parse_args(argv=None):
@@ -464,6 +480,8 @@ def parse_args(argv=None):
                    "alone, to results/real.json and REAL.md, never RESULTS.md")
     p.add_argument("--compile", action="store_true", help="torch.compile the trained model")
     p.add_argument("--baseline", choices=baselines.NAMES, help="baselines: train only this one")
+    p.add_argument("--student-steps", type=int, default=None, metavar="N",
+                   help="distill: the student's steps (its teacher takes 2N; default: preset)")
     p.add_argument("--resume", action="store_true", help="continue from CKPT_DIR/STAGE.train.pt")
     p.add_argument("--init", metavar="CKPT", help="start from the weights of a finished "
                    "STAGE.pt (fine-tuning; a fresh optimiser and schedule)")

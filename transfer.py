@@ -32,22 +32,27 @@ import torch
 from tqdm import tqdm
 
 import audio_io
+import autoencoder as ae_lib
 import data
 import diffusion
+import distill
 import plot
 import stereo
+import unet
 from metrics import Stopwatch, no_stopwatch
 from models import CKPT_DIR, load_models, load_stage
 from stft import griffin_lim
 
-# Defaults: the pick of the strength x guidance sweep on the validation split
-# (results/SWEEP.md): inversion at 0.9 with w = 3 names the target style 100% of the time
-# and keeps the most notes of the settings that do (0.701 against the unchanged source's
-# 0.739); SDEdit at the same strength and guidance keeps 0.489.
+# The teacher's defaults (ldm.pt alone, or --teacher): the pick of the strength x guidance
+# sweep on the validation split (results/SWEEP.md): inversion at 0.9 with w = 3 names the
+# target style 100% of the time and keeps the most notes of the settings that do.
 STRENGTH = 0.9          # t_start / T of SDEdit or inversion: higher moves further from the source
 MODE = "inversion"      # or "sdedit"
 STEPS = 10              # denoising steps
 GUIDANCE = 3.0          # classifier-free guidance weight w (1 = no guidance)
+# The student's (distill.pt, used when present): from noise, at the steps it was distilled
+# for, one U-Net call a step; the paired U-Net keeps the notes through its source channels.
+STUDENT = dict(mode="sdedit", strength=1.0, guidance=2.0)
 WARM_START = "extrapolate"  # inversion's first guess per step (diffusion.ddim_invert)
 SEED = 0
 GRIFFIN_LIM_ITERS = 64
@@ -55,89 +60,66 @@ WINDOW = 64             # latent frames per window (4.1 s): the ldm's training c
 OVERLAP = 4             # latent frames shared by neighbouring windows (at least)
 WINDOW_BATCH = 16       # windows per U-Net call: memory stays flat on long songs
 AE_CHUNK = 2048         # log-mel frames per autoencoder call (33 s), ...
-AE_MARGIN = 64          # ... each with this much context either side, dropped afterwards
-REF_CROPS = 8           # a clip's style: mean of its tokens over up to this many crops
+AE_MARGIN = 64          # ... each with this much context either side (autoencoder.in_chunks)
 BLOCK_SECONDS = 30.0    # songs stream through the models in blocks this long, ...
 BLOCK_MARGIN = 2.0      # ... each with this much context either side (dropped afterwards)
 MEMORY_BASE = 1.2e9     # bytes a transfer needs (peak 0.99 GB for a 3-minute song, README)
 MEMORY_PER_HOUR = 0.3e9  # and more for each hour of audio (the latents held whole)
 
 
-# ---------------------------------------------------------------- chunks
-def in_chunks(fn, x, chunk, margin, scale=1.0):
-    """fn over the last axis of x, `chunk` frames at a time with `margin` frames of context
-    either side (cut from the output); fn maps T frames to ceil(T * scale). chunk and
-    margin must be multiples of 1 / scale. Keeps the autoencoder's memory flat."""
-    T = x.shape[-1]
-    if T <= chunk + 2 * margin:
-        return fn(x)
-    pieces = []
-    for s in range(0, T, chunk):
-        lo, hi = max(s - margin, 0), min(s + chunk + margin, T)
-        y = fn(x[..., lo:hi])
-        pieces.append(y[..., round((s - lo) * scale):math.ceil((min(s + chunk, T) - lo) * scale)])
-    return torch.cat(pieces, -1)
-
-
 # ---------------------------------------------------------------- the transfer
 
-@torch.no_grad()
-def reference_tokens(style_encoder, spec, ref_frames, crops=REF_CROPS):
-    """Style tokens (1, M, D) of a log-mel (1, 1, n_mels, T) of any length: the mean over up
-    to `crops` evenly spaced crops of ref_frames (the length the encoder was trained on); a
-    short clip is looped to fill one."""
-    if spec.shape[-1] < ref_frames:
-        spec = spec.repeat(1, 1, 1, -(-ref_frames // spec.shape[-1]))
-    starts = crop_starts(spec.shape[-1], ref_frames, crops)
-    return crop_tokens(style_encoder, [spec[..., s:s + ref_frames] for s in starts])
-
-
-def crop_starts(T, ref_frames, crops=REF_CROPS):
-    n = min(crops, -(-T // ref_frames))
-    return torch.linspace(0, T - ref_frames, n).round().long().tolist()
-
-
-def crop_tokens(style_encoder, crops):
-    batch = torch.cat(crops)                                 # (n, 1, n_mels, ref_frames)
-    return style_encoder.from_reference(batch).mean(0, keepdim=True)    # (1, M, D)
+def defaults(models, **given):
+    """The transfer's settings: those given (not None), the rest from the student's
+    defaults when models has one, else the teacher's."""
+    own = (dict(STUDENT, steps=models.student_steps) if models.student is not None else
+           dict(mode=MODE, strength=STRENGTH, steps=STEPS, guidance=GUIDANCE))
+    own["sampler"] = "ddim"
+    return {k: own[k] if given.get(k) is None else given[k] for k in own}
 
 
 @torch.no_grad()
-def stylize(models, z, context, *, source_context=None, strength=STRENGTH, mode=MODE,
-            steps=STEPS, guidance=GUIDANCE, generator=None, noise=None, window=WINDOW,
-            overlap=OVERLAP, progress=False, warm_start=WARM_START):
+def stylize(models, z, context, *, source_context=None, strength, mode, steps, guidance,
+            sampler="ddim", generator=None, noise=None, window=WINDOW, overlap=OVERLAP, progress=False,
+            warm_start=WARM_START):
     """A song's scaled latent (1, C, F, L) -> the same music under the style tokens
     `context` (1, M, D), as a latent (1, C, F, L).
 
-    diffusion.transfer over windows; SDEdit is written out here to take its noise as an
-    argument (drawn from `generator` over the whole latent when None), so that one noise
-    tensor can be shared by a song and its parts. Inversion needs source_context;
-    warm_start ("extrapolate" or "previous"; "off" for none: diffusion.ddim_invert) saves
-    one U-Net call a step of it."""
+    SDEdit (Meng et al. 2022: noise to t_start = strength (T - 1), denoise under the
+    target) or DDIM inversion under the source's own tokens (diffusion.transfer), over
+    windows. SDEdit takes its noise as an argument (drawn from `generator` over the whole
+    latent when None), so that one noise tensor can be shared by a song and its parts.
+    Inversion needs source_context; warm_start ("extrapolate" or "previous"; "off" for
+    none: diffusion.ddim_invert) saves one U-Net call a step of it. With a student
+    (models.student) guidance is its input, one call a step, and inversion runs it at w = 1.
+    sampler: "ddim", or "dpm" for DPM-Solver++(2M) (diffusion.dpm_solver_sample)."""
     assert mode in ("sdedit", "inversion"), mode
-    ldm = models.ldm
-    model = diffusion.windowed(ldm.unet, z.shape[-1], window, overlap, WINDOW_BATCH,
-                               bf16=models.bf16, cond=z if ldm.paired else None)
-    null, prediction = ldm.style.null_context(1), ldm.c.prediction
-    t_start = int(round(strength * (ldm.sched.T - 1)))
+    ldm, student = models.ldm, models.student
+
+    def net(w):                              # the U-Net over the song's windows
+        unet_model = ldm.unet if student is None else distill.with_guidance(student, w)
+        return diffusion.windowed(unet_model, z.shape[-1], window, overlap, WINDOW_BATCH,
+                                  bf16=models.bf16, cond=z if ldm.paired else None)
+    prediction, t_start = ldm.c.prediction, int(round(strength * (ldm.sched.T - 1)))
     windows = len(diffusion.window_starts(z.shape[-1], window, overlap))
 
     def bar(desc):
         return (lambda loop: tqdm(loop, desc=f"{desc} (windows: {windows})", unit="step",
                                   leave=False)) if progress else None
-    if mode == "inversion":                  # deterministic: diffusion.transfer as it is
-        return diffusion.transfer(model, ldm.sched, z, context, steps, strength, "inversion",
-                                  context_src=source_context, null_context=null,
-                                  guidance=guidance, prediction=prediction,
-                                  warm_start=warm_start,
-                                  progress=bar("inverting, then denoising"))
-    if noise is None:                        # SDEdit (Meng et al. 2022) with our noise
-        noise = torch.randn(z.shape, generator=generator)
-    t = torch.full((1,), t_start, device=z.device, dtype=torch.long)
-    x_t = diffusion.q_sample(ldm.sched, z, t, noise.to(z))
-    return diffusion.ddim_sample(model, ldm.sched, x_t, context, steps, guidance=guidance,
-                                 null_context=null, t_start=t_start, prediction=prediction,
-                                 progress=bar("denoising"))
+    if mode == "inversion":                  # deterministic: the conditional model alone
+        x_t = diffusion.ddim_invert(net(1.0), ldm.sched, z, source_context, steps,
+                                    t_end=t_start, prediction=prediction, fixed_point_iters=1,
+                                    warm_start=warm_start, progress=bar("inverting"))
+    else:
+        if noise is None:
+            noise = torch.randn(z.shape, generator=generator)
+        t = torch.full((1,), t_start, device=z.device, dtype=torch.long)
+        x_t = diffusion.q_sample(ldm.sched, z, t, noise.to(z))
+    sample = diffusion.dpm_solver_sample if sampler == "dpm" else diffusion.ddim_sample
+    return sample(net(guidance), ldm.sched, x_t, context, steps,
+                                 guidance=guidance if student is None else 1.0,
+                                 null_context=ldm.style.null_context(1), t_start=t_start,
+                                 prediction=prediction, progress=bar("denoising"))
 
 
 @torch.no_grad()
@@ -157,7 +139,7 @@ def vocode(models, spec, length, seed=SEED, start=0):
                        phase=phase.to(magnitude))
 
 
-def check_request(models, style, ref, strength, mode, steps, guidance):
+def check_request(models, style, ref, *, strength, mode, steps, guidance, sampler):
     """User errors in a request, as one ValueError each (before any work is done); -> the
     style's name as the model spells it (names are case-insensitive)."""
     if (style is None) == (ref is None):
@@ -166,8 +148,9 @@ def check_request(models, style, ref, strength, mode, steps, guidance):
         style = audio_io.closest(style, models.styles)
     if not 0.0 <= strength <= 1.0 or steps < 1 or guidance < 0:
         raise ValueError("need 0 <= strength <= 1, steps >= 1 and guidance >= 0")
-    if mode not in ("sdedit", "inversion"):
-        raise ValueError(f"unknown mode {mode!r}; use 'sdedit' or 'inversion'")
+    if mode not in ("sdedit", "inversion") or sampler not in ("ddim", "dpm"):
+        raise ValueError(f"unknown mode {mode!r} or sampler {sampler!r}; use 'sdedit' or "
+                         f"'inversion', 'ddim' or 'dpm'")
     if ref is not None and audio_io.is_silent(ref[0]):
         raise ValueError("the reference clip is silent; give a clip of the style you want")
     return style
@@ -196,14 +179,17 @@ def blocks(models, sr, N):
             for s in range(0, N, block)]
 
 
-def transfer_stream(source, write, style=None, *, models, ref=None, strength=STRENGTH,
-                    mode=MODE, steps=STEPS, guidance=GUIDANCE, seed=SEED, mono=False,
+def transfer_stream(source, write, style=None, *, models, ref=None, strength=None,
+                    mode=None, steps=None, guidance=None, sampler=None, seed=SEED, mono=False,
                     progress=True, warm_start=WARM_START, stopwatch=no_stopwatch):
     """transfer() over an audio_io.Source read in blocks, each output block passed to
     write((samples, channels) float32) in order: memory stays flat for any length (the
     whole song is held only as its latent, 4 x 32 floats per 64 ms). Returns False when the
-    source is silent (then silence was written, and no model ran)."""
-    style = check_request(models, style, ref, strength, mode, steps, guidance)
+    source is silent (then silence was written, and no model ran). Settings left None
+    take transfer.defaults(models)."""
+    settings = defaults(models, strength=strength, mode=mode, steps=steps, guidance=guidance,
+                        sampler=sampler)
+    style = check_request(models, style, ref, **settings)
     a, dev, f, scale, ae = (models.cfg.audio, models.device, models.autoencoder.factor,
                             models.latent_scale, models.autoencoder)
     sr, N = source.sr, source.frames
@@ -214,7 +200,7 @@ def transfer_stream(source, write, style=None, *, models, ref=None, strength=STR
     n = -(-N * rate // sr)                   # = len(data.resample(song, sr, rate))
     T = 1 + n // a.hop                       # frames of the unpadded song
     plan, R = blocks(models, sr, N), models.cfg.ldm.ref_frames
-    starts = crop_starts(T, R) if T >= R else []
+    starts = unet.crop_starts(T, R) if T >= R else []
     crops, peak, latents = [torch.zeros(1, 1, a.n_mels, R) for _ in starts], 0.0, []
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=models.bf16)
     for lo, s, e, hi in tqdm(plan, desc="encoding", unit="block", leave=False,
@@ -236,7 +222,7 @@ def transfer_stream(source, write, style=None, *, models, ref=None, strength=STR
             if T < R:
                 source_spec = spec[..., :T]
         with stopwatch("encoder"), autocast:
-            z = in_chunks(lambda y: ae.encode(y).mode(), spec, AE_CHUNK, AE_MARGIN, 1 / f)
+            z = ae_lib.in_chunks(lambda y: ae.encode(y).mode(), spec, AE_CHUNK, AE_MARGIN, 1 / f)
             latents.append(z.float()[..., (k1 - k0) // f:None if e == N else (k2 - k0) // f])
     if peak < audio_io.SILENCE_PEAK:
         for lo, s, e, hi in plan:
@@ -245,19 +231,18 @@ def transfer_stream(source, write, style=None, *, models, ref=None, strength=STR
     z = torch.cat(latents, -1) * scale                                  # (1, C, F, L)
     with stopwatch("log-mel and style tokens"):
         if ref is not None:
-            context = reference_tokens(models.ldm.style, log_mel(models, ref[0] if
+            context = unet.reference_tokens(models.ldm.style, log_mel(models, ref[0] if
                                        ref[0].ndim == 1 else ref[0].mean(1), ref[1]), R)
         else:
             label = torch.tensor([models.styles.index(style)], device=dev)
             context = models.ldm.style.from_labels(label)                   # (1, M, D)
         # A user's song has no source label: its own tokens name its style (the ldm is
         # trained so that reference tokens match label tokens).
-        source_context = None if mode != "inversion" else \
-            reference_tokens(models.ldm.style, source_spec, R) if T < R else \
-            crop_tokens(models.ldm.style, [c.to(dev) for c in crops])
+        source_context = None if settings["mode"] != "inversion" else \
+            unet.reference_tokens(models.ldm.style, source_spec, R) if T < R else \
+            unet.crop_tokens(models.ldm.style, [c.to(dev) for c in crops])
     with stopwatch("U-Net sampling"):
-        z_tgt = stylize(models, z, context, source_context=source_context, strength=strength,
-                        mode=mode, steps=steps, guidance=guidance,
+        z_tgt = stylize(models, z, context, source_context=source_context, **settings,
                         generator=torch.Generator().manual_seed(seed), progress=progress,
                         warm_start=warm_start) / scale
     for lo, s, e, hi in tqdm(plan, desc="decoding", unit="block", leave=False,
@@ -265,7 +250,7 @@ def transfer_stream(source, write, style=None, *, models, ref=None, strength=STR
         l0 = at_model_rate(lo) // (a.hop * f)
         l1 = None if hi == N else -(-at_model_rate(hi) // (a.hop * f))
         with stopwatch("decoder"), autocast:
-            spec = in_chunks(ae.decode, z_tgt[..., l0:l1], AE_CHUNK // f, AE_MARGIN // f, f)
+            spec = ae_lib.in_chunks(ae.decode, z_tgt[..., l0:l1], AE_CHUNK // f, AE_MARGIN // f, f)
         k0 = l0 * f                                                 # its first frame
         with stopwatch("vocoder"):
             spec = spec.float()[..., :T - k0]
@@ -285,8 +270,9 @@ def transfer_stream(source, write, style=None, *, models, ref=None, strength=STR
     return True
 
 
-def transfer(wave, sr, style=None, *, ref=None, strength=STRENGTH, mode=MODE, steps=STEPS,
-             guidance=GUIDANCE, vocoder=None, seed=SEED, device="cpu", ckpt_dir=CKPT_DIR,
+def transfer(wave, sr, style=None, *, ref=None, strength=None, mode=None, steps=None,
+             guidance=None, sampler=None, vocoder=None, seed=SEED, device="cpu",
+             ckpt_dir=CKPT_DIR,
              progress=True, models=None, warm_start=WARM_START, stopwatch=no_stopwatch,
              mono=False):
     """The same music in another style: wave (N,) or (N, 2) at sr -> (float32 of the same
@@ -299,8 +285,8 @@ def transfer(wave, sr, style=None, *, ref=None, strength=STRENGTH, mode=MODE, st
     source = audio_io.Source(wave, sr)
     out = []
     transfer_stream(source, out.append, style, models=models, ref=ref, strength=strength,
-                    mode=mode, steps=steps, guidance=guidance, seed=seed, mono=mono,
-                    progress=progress, warm_start=warm_start, stopwatch=stopwatch)
+                    mode=mode, steps=steps, guidance=guidance, sampler=sampler, seed=seed,
+                    mono=mono, progress=progress, warm_start=warm_start, stopwatch=stopwatch)
     out = np.concatenate(out)
     return (out[:, 0] if np.ndim(wave) == 1 or mono else out), sr
 
@@ -329,14 +315,19 @@ def build_parser():
     p.add_argument("-o", "--output", metavar="OUT", help="output file, .wav/.flac/.ogg (one "
                    "input), or a folder (default: INPUT.STYLE.wav beside each INPUT)")
     p.add_argument("--ref", metavar="REF", help="take the style from this clip instead")
-    p.add_argument("--strength", type=float, default=STRENGTH,
-                   help="0..1, how far to move from the source (default %(default)s)")
-    p.add_argument("--mode", choices=("sdedit", "inversion"), default=MODE,
-                   help="noise the song (sdedit) or invert it under its own style "
-                        "(deterministic); default %(default)s")
-    p.add_argument("--steps", type=int, default=STEPS, help="denoising steps (default %(default)s)")
-    p.add_argument("--guidance", type=float, default=GUIDANCE,
-                   help="classifier-free guidance weight (default %(default)s)")
+    p.add_argument("--strength", type=float, help="0..1, how far to move from the source "
+                   f"(default {STUDENT['strength']} with the student, {STRENGTH} with --teacher)")
+    p.add_argument("--mode", choices=("sdedit", "inversion"), help="noise the song (sdedit) "
+                   "or invert it under its own style (deterministic); default "
+                   f"{STUDENT['mode']} with the student, {MODE} with --teacher")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the student's own, "
+                   f"{STEPS} with --teacher)")
+    p.add_argument("--guidance", type=float, help="guidance weight w (default "
+                   f"{STUDENT['guidance']} with the student, {GUIDANCE} with --teacher)")
+    p.add_argument("--sampler", choices=("ddim", "dpm"), help="DDIM (default) or "
+                   "DPM-Solver++(2M), a second-order solver that pays with many steps")
+    p.add_argument("--teacher", action="store_true", help="use ldm.pt itself, not its "
+                   "few-step student distill.pt (when there is one): slower")
     p.add_argument("--vocoder", choices=("guidediff", "griffinlim"),
                    help="default: guidediff if a finished CKPT_DIR/guidediff.pt exists, "
                         "else griffinlim")
@@ -401,7 +392,8 @@ def transfer_file(models, source, out, fmt, args, style, ref, plot_path=None):
                 pictures[1].append(block.mean(1))
         sounded = transfer_stream(source, write, style, models=models, ref=ref,
                                   strength=args.strength, mode=args.mode, steps=args.steps,
-                                  guidance=args.guidance, seed=args.seed, mono=args.mono,
+                                  guidance=args.guidance, sampler=args.sampler,
+                                  seed=args.seed, mono=args.mono,
                                   warm_start=args.warm_start, stopwatch=stopwatch)
     if not sounded:
         print(f"warning: {path} is silent; wrote silence to {out}", file=sys.stderr)
@@ -427,9 +419,10 @@ def run(args):
         raise ValueError("CUDA is not available here; use --device cpu")
     ref = audio_io.read_audio(args.ref, "reference") if args.ref else None
     models = load_models(args.ckpt_dir, args.vocoder, args.device, args.compile,
-                         bf16=not args.fp32)
-    style = check_request(models, style, ref, args.strength, args.mode, args.steps,
-                          args.guidance)
+                         bf16=not args.fp32, teacher=args.teacher)
+    style = check_request(models, style, ref, **defaults(
+        models, strength=args.strength, mode=args.mode, steps=args.steps,
+        guidance=args.guidance, sampler=args.sampler))
     name = style or Path(args.ref).stem
     inputs = audio_io.find_inputs(items, [f".{s}{e}".lower() for s in models.styles
                                           for e in data.AUDIO_EXTS])

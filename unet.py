@@ -18,6 +18,9 @@ import config
 import diffusion
 from attention import Attention, SpatialTransformer
 
+GUIDANCE_SCALE = 100.0      # w in 0..10 is embedded like timesteps 0..1000
+REF_CROPS = 8               # a clip's style: mean of its tokens over up to this many crops
+
 
 def timestep_embedding(t, dim, max_period=10000):
     """Sinusoidal embedding of (possibly fractional) timesteps (B,) -> (B, dim) (Vaswani 2017)."""
@@ -67,11 +70,21 @@ class UNet(nn.Module):
 
     def __init__(self, in_channels=4, model_channels=64, channel_mult=(1, 2, 2),
                  attention=(False, True, True), num_res_blocks=1, context_dim=128, heads=4,
-                 dim_head=32, dropout=0.0, fused_attention=True, out_channels=None):
+                 dim_head=32, dropout=0.0, fused_attention=True, out_channels=None,
+                 guidance_input=False):
         super().__init__()
         emb_dim = 4 * model_channels
         self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(),
                                         nn.Linear(emb_dim, emb_dim))
+        # A guidance-distilled student (distill.py) also takes the guidance weight w, embedded
+        # like t and added to its embedding (Meng et al. 2023, Sec. 4.1); the last layer
+        # starts at zero, so a student starts as its teacher's conditional model.
+        self.guidance_embed = None
+        if guidance_input:
+            self.guidance_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(),
+                                                nn.Linear(emb_dim, emb_dim))
+            nn.init.zeros_(self.guidance_embed[-1].weight)
+            nn.init.zeros_(self.guidance_embed[-1].bias)
         self.model_channels, self.factor = model_channels, 2 ** (len(channel_mult) - 1)
 
         def transformer(c):
@@ -120,12 +133,17 @@ class UNet(nn.Module):
                 h = layer(h)
         return h
 
-    def forward(self, x, t, context):
+    def forward(self, x, t, context, guidance=None):
+        """guidance (B,): the weight w, for a model built with guidance_input."""
         F_, T_ = x.shape[-2:]
         pad_f, pad_t = (-F_) % self.factor, (-T_) % self.factor
         if pad_f or pad_t:                   # any latent size: pad, then crop back at the end
             x = F.pad(x, (0, pad_t, 0, pad_f), mode="replicate")
         emb = self.time_embed(timestep_embedding(t, self.model_channels).to(x.dtype))  # (B, 4 C)
+        if self.guidance_embed is not None:
+            assert guidance is not None, "a guidance-distilled U-Net needs the weight w"
+            w = timestep_embedding(guidance * GUIDANCE_SCALE, self.model_channels)
+            emb = emb + self.guidance_embed(w.to(x.dtype))
         h = self.input_conv(x)                                              # (B, C, F, T)
         hs = [h]
         for layers in self.down:
@@ -172,6 +190,27 @@ class StyleEncoder(nn.Module):
         return self.null.expand(batch, -1, -1)                              # (B, M, D)
 
 
+@torch.no_grad()
+def reference_tokens(style_encoder, spec, ref_frames, crops=REF_CROPS):
+    """Style tokens (1, M, D) of a log-mel (1, 1, n_mels, T) of any length: the mean over up
+    to `crops` evenly spaced crops of ref_frames (the length the encoder was trained on); a
+    short clip is looped to fill one."""
+    if spec.shape[-1] < ref_frames:
+        spec = spec.repeat(1, 1, 1, -(-ref_frames // spec.shape[-1]))
+    starts = crop_starts(spec.shape[-1], ref_frames, crops)
+    return crop_tokens(style_encoder, [spec[..., s:s + ref_frames] for s in starts])
+
+
+def crop_starts(T, ref_frames, crops=REF_CROPS):
+    n = min(crops, -(-T // ref_frames))
+    return torch.linspace(0, T - ref_frames, n).round().long().tolist()
+
+
+def crop_tokens(style_encoder, crops):
+    batch = torch.cat(crops)                                 # (n, 1, n_mels, ref_frames)
+    return style_encoder.from_reference(batch).mean(0, keepdim=True)    # (1, M, D)
+
+
 class LatentDiffusion(nn.Module):
     """U-Net + style encoder + noise schedule; forward returns the training loss (one
     forward for DDP); sampling uses .unet, .style and .sched with diffusion.py.
@@ -207,20 +246,26 @@ class LatentDiffusion(nn.Module):
         return loss + c.align_weight * align
 
 
-def build_ldm(c, n_styles, n_mels, latent_channels=4):
+def build_ldm(c, n_styles, n_mels, latent_channels=4, guidance_input=False):
     return LatentDiffusion(
         UNet(latent_channels * (2 if c.paired else 1), c.model_channels, c.channel_mult,
              c.attention, c.num_res_blocks, c.context_dim, c.heads, c.dim_head,
-             out_channels=latent_channels),
+             out_channels=latent_channels, guidance_input=guidance_input),
         StyleEncoder(n_styles, n_mels, c.tokens, c.context_dim), c)
 
 
-def from_checkpoint(ckpt):
-    """The LatentDiffusion of a loaded ldm.pt (config.load_checkpoint)."""
+def from_checkpoint(ckpt, guidance_input=False):
+    """The LatentDiffusion of a loaded ldm.pt (config.load_checkpoint). guidance_input:
+    its U-Net gets a guidance input at zero (the start of distill.py's student)."""
     ckpt["config"]["ldm"].setdefault("paired", False)     # made before paired training
     cfg = config.config_from_dict(ckpt["config"])
-    model = build_ldm(cfg.ldm, len(ckpt["styles"]), cfg.audio.n_mels)
-    return config.load_weights(model, ckpt, "ldm")
+    model = build_ldm(cfg.ldm, len(ckpt["styles"]), cfg.audio.n_mels,
+                      guidance_input=guidance_input)
+    if not guidance_input:
+        return config.load_weights(model, ckpt, "ldm")
+    model, missing = config.load_weights(model, ckpt, "ldm", grow=True)
+    assert all(k.startswith("unet.guidance_embed") for k in missing), missing
+    return model
 
 
 def load_widened(model, ckpt):

@@ -127,3 +127,15 @@ def test_readme_block_is_replaced_and_nothing_else(tmp_path):
     plain = tmp_path / "plain.md"
     plain.write_text("no markers\n")
     assert not report.update_readme(plain, results) and plain.read_text() == "no markers\n"
+
+
+@pytest.mark.parametrize("settings", [dict(), dict(mode="sdedit", strength=1.0, steps=4),
+                                      dict(mode="inversion", steps=3, warm_start="off"),
+                                      dict(mode="sdedit", steps=2, guidance=1.0)])
+def test_unet_calls_counts_what_transfer_runs(settings):
+    models = transfer.load_models(CKPT, teacher=True)
+    seen = []                                 # windows in each batch (the song has one)
+    models.ldm.unet.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
+    wave = np.random.default_rng(0).standard_normal(SR).astype(np.float32) * 0.1
+    transfer.transfer(wave, SR, "rock", models=models, progress=False, **settings)
+    assert sum(seen) == evaluate.unet_calls(models, **settings)

@@ -211,3 +211,23 @@ def test_ldm_stage_trains_a_paired_model_that_transfer_runs(tmp_path):
     wave = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
     out, sr = transfer.transfer(wave, 16000, "rock", models=models, steps=2, progress=False)
     assert sr == 16000 and out.shape == wave.shape and np.isfinite(out).all()
+    # Distillation: a 2-step student of the ldm, then a 1-step student of that one, which
+    # transfer.py uses by default (the teacher on request); a student of another ldm.pt is
+    # refused.
+    base = argv[2:]
+    train.main(["--stage", "distill", *base, "--student-steps", "2"])
+    with pytest.raises(SystemExit):
+        train.main(["--stage", "distill", *base, "--student-steps", "2", "--init",
+                    str(ckpt / "distill.pt")])                   # its teacher takes 2, not 4
+    train.main(["--stage", "distill", *base, "--student-steps", "1", "--init",
+                str(ckpt / "distill.pt")])
+    models = transfer.load_models(ckpt)
+    assert models.student_steps == 1 and models.student.guidance_embed is not None
+    assert (ckpt / "distill.pt").stat().st_size < 0.5 * (ckpt / "ldm.pt").stat().st_size
+    out, _ = transfer.transfer(wave, 16000, "rock", models=models, progress=False)
+    assert out.shape == wave.shape and np.isfinite(out).all()
+    assert transfer.load_models(ckpt, teacher=True).student is None
+    shutil.copy(ckpt / "distill.pt", tmp_path / "distill.pt")
+    train.main(argv + ["--init", str(ckpt / "ldm.pt")])         # a new ldm.pt
+    with pytest.raises(ValueError, match="distilled from another ldm.pt"):
+        transfer.load_models(ckpt)

@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 import torch
 
+import autoencoder
 import config
 import data
 import diffusion
@@ -110,7 +111,7 @@ def test_in_chunks_equals_one_call(scale):
         return y.repeat_interleave(int(scale), -1) if scale > 1 else y
     with torch.no_grad():
         whole = fn(x)
-        chunked = transfer.in_chunks(fn, x, chunk=64, margin=8, scale=scale)
+        chunked = autoencoder.in_chunks(fn, x, chunk=64, margin=8, scale=scale)
     assert chunked.shape == whole.shape
     torch.testing.assert_close(chunked, whole)
 
@@ -157,7 +158,8 @@ def test_long_input_equals_its_parts_away_from_the_junction(models, song):
     def run(s, n):
         with torch.no_grad():
             z = transfer.stylize(models, ae.encode(s).mode() * scale, context, steps=2,
-                                 noise=n, mode="sdedit", window=window, overlap=overlap)
+                                 noise=n, mode="sdedit", strength=transfer.STRENGTH,
+                                 guidance=transfer.GUIDANCE, window=window, overlap=overlap)
             return ae.decode(z / scale)[0, 0, :, :s.shape[-1]]          # (128, T)
     whole, other = run(spec, noise), run(spec, other_noise)
     parts = torch.cat([run(spec[..., :4 * cut], noise[..., :cut]),
