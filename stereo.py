@@ -55,11 +55,11 @@ def image(source, sr):
     """Source (N, 2) -> (a, b), each (bands, frames): the panning and the width of every
     band, relative to the mid (see the module docstring)."""
     n_fft, hop = _params(sr)
-    window = hann_window(n_fft, dtype=torch.float64)
-    x = torch.from_numpy(np.asarray(source, dtype=np.float64))
+    window = hann_window(n_fft)
+    x = torch.from_numpy(np.asarray(source, dtype=np.float32))
     M = stft((x[:, 0] + x[:, 1]) / 2, n_fft, hop, window=window)      # (F, T)
     S = stft((x[:, 0] - x[:, 1]) / 2, n_fft, hop, window=window)
-    bands = band_matrix(sr, n_fft).double()                          # (bands, F)
+    bands = band_matrix(sr, n_fft)                                   # (bands, F)
     frames = max(1, round(SMOOTH_SECONDS * sr / hop))
     mm = _smooth(bands @ M.abs() ** 2, frames)                       # (bands, T)
     sm = _smooth(bands @ (S * M.conj()).real, frames)
@@ -75,15 +75,15 @@ def widen(mid, source, sr):
     channels average to mid exactly. source (N, 2) is the input the mid was made from."""
     n_fft, hop = _params(sr)
     a, b = image(source, sr)
-    window = hann_window(n_fft, dtype=torch.float64)
-    m = torch.from_numpy(np.asarray(mid, dtype=np.float64))
+    window = hann_window(n_fft)
+    m = torch.from_numpy(np.asarray(mid, dtype=np.float32))
     delay = min(round(DELAY_SECONDS * sr), len(m))
     d = torch.cat([m.new_zeros(delay), m[:len(m) - delay]])
     M, D = (stft(v, n_fft, hop, window=window) for v in (m, d))       # (F, T)
-    bands = band_matrix(sr, n_fft).double().T                        # (F, bands)
+    bands = band_matrix(sr, n_fft).T                                 # (F, bands)
     S = (bands @ a) * M + (bands @ b) * D
     side = istft(S, n_fft, hop, window=window, length=len(m))
-    return torch.stack([m + side, m - side], 1).float().numpy()
+    return torch.stack([m + side, m - side], 1).numpy()
 
 
 def correlation(stereo):
