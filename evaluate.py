@@ -28,6 +28,7 @@ import diffusion
 import evaluate_real
 import metrics
 import report
+import speed
 import transfer as transfer_lib
 from stft import LogMel, griffin_lim, mrstft_distance
 
@@ -135,18 +136,6 @@ def transfer_row_name(models, teacher=False, **settings):
             f"{s['steps']} steps{sampler}) + {vocoder}")
 
 
-def unet_calls(models, warm_start=transfer_lib.WARM_START, **settings):
-    """U-Net evaluations per window of a transfer (classifier-free guidance's batched
-    halves count two): the inversion's, a first step refined once and warm-started steps
-    after it (diffusion.ddim_invert), then the sampler's."""
-    s = transfer_lib.defaults(models, **settings)
-    T = models.ldm.sched.T
-    steps = len(diffusion.ddim_timesteps(T, s["steps"], int(round(s["strength"] * (T - 1)))))
-    guided = 2 if models.student is None and s["guidance"] != 1.0 else 1
-    inversion = 0 if s["mode"] != "inversion" else steps + 1 if warm_start != "off" else 2 * steps
-    return inversion + guided * steps
-
-
 # Issue 19's rows beside the default, as settings: the teacher from noise at few steps
 # (DDIM, and DPM-Solver++ with no training), inverting at fewer steps; the student on the
 # other content paths at about its cost.
@@ -171,15 +160,6 @@ def few_step_systems(ckpt_dir, device, models, sr):
         rows[transfer_row_name(teacher, teacher=True, **settings)] = (
             transfer_system(teacher, sr, **settings), teacher, settings)
     return rows
-
-
-def transfer_cost(system, models, settings, wave, sr, target):
-    """U-Net calls per window, and GFLOP per second of audio of the whole transfer
-    (matmuls and convolutions, metrics.flop_counter), measured on one wave."""
-    with metrics.flop_counter() as counter:
-        system(wave, None, target, None)
-    return dict(unet_calls=unet_calls(models, **settings),
-                gflop_per_s=counter.get_total_flops() / 1e9 / (len(wave) / sr))
 
 
 def guidediff_systems(gd, logmel, device, steps_rows=VOCODER_STEPS,
@@ -374,54 +354,6 @@ def best_setting(rows, identity=None):
     return {k: best[k] for k in ("mode", "strength", "guidance")}
 
 
-# ---------------------------------------------------------------- speed
-SPEED_SECONDS = 10.0        # the clip the speed table times (a test piece's first 10 s)
-SPEED_REPEATS = 3
-
-
-def speed_table(ckpt_dir, device, split):
-    """Real-time factor of transfer.transfer, per stage and end to end, on SPEED_SECONDS of
-    a test piece at the default settings: eager vs torch.compile, fp32 vs bf16 autocast,
-    each the median of SPEED_REPEATS runs after a first (warm-up, compiling) run. The FLOPs
-    of each stage are counted once; achieved FLOP/s is set against this machine's matmul
-    throughput, measured in the same run."""
-    source, target = split.styles[0], split.styles[-1]
-    models = transfer_lib.load_models(ckpt_dir, device=device, bf16=False)
-    sr = models.cfg.audio.sample_rate
-    wave = split.waves[split.pieces[0], source][:int(SPEED_SECONDS * sr)].numpy()
-
-    def run(models, stopwatch=transfer_lib.no_stopwatch):
-        transfer_lib.transfer(wave, sr, target, models=models, progress=False,
-                              stopwatch=stopwatch)
-
-    with metrics.flop_counter() as counter:
-        watch = transfer_lib.Stopwatch(device, counter)
-        run(models, watch)
-    flops = dict(watch.flops, **{"end to end": counter.get_total_flops()})
-    ceiling = {"fp32": metrics.matmul_gflops(device=device),
-               "bf16": metrics.matmul_gflops(dtype=torch.bfloat16, device=device)}
-    rows = {}
-    for compiled in (False, True):             # bf16 only where it runs faster (AMX, ...)
-        for precision in ("fp32", "bf16") if metrics.bf16_pays(device) else ("fp32",):
-            name = f"{'compiled' if compiled else 'eager'}, {precision}"
-            models = transfer_lib.load_models(ckpt_dir, device=device, compile=compiled,
-                                              bf16=precision == "bf16")
-            t0 = time.perf_counter()
-            run(models)
-            first = time.perf_counter() - t0
-            times = []
-            for _ in tqdm(range(SPEED_REPEATS), desc=f"speed: {name}", leave=False):
-                watch = transfer_lib.Stopwatch(device)
-                t0 = time.perf_counter()
-                run(models, watch)
-                times.append(dict(watch.seconds, **{"end to end": time.perf_counter() - t0}))
-            rtf = {k: float(np.median([t[k] for t in times])) / SPEED_SECONDS for k in times[0]}
-            rows[name] = dict(rtf=rtf, first_call=first, gflops=flops["end to end"] / 1e9 / (
-                rtf["end to end"] * SPEED_SECONDS), ceiling=ceiling[precision])
-    return dict(seconds=SPEED_SECONDS, source=source, target=target,
-                flops={k: v / 1e9 for k, v in flops.items()}, rows=rows, ceiling=ceiling)
-
-
 # ---------------------------------------------------------------- the run
 @dataclass
 class EvalOptions:
@@ -483,7 +415,7 @@ def evaluate(opts, command):
                    resynthesis=score_rows(resynthesis_rows, main, judge, True, references))
     wave = main.waves[main.pieces[0], styles[0]]
     for name in set(costed) & set(results["transfer"]):
-        results["transfer"][name].update(transfer_cost(*costed[name], wave, sr, styles[-1]))
+        results["transfer"][name].update(speed.transfer_cost(*costed[name], wave, sr, styles[-1]))
     if not opts.rows:                       # tuning tables on val, then the speed table
         val = load_split(opts.data, "val", sr, styles, opts.pieces or EVAL_PIECES)
         tuning = dict(split=split_summary(val, sr))
@@ -496,7 +428,7 @@ def evaluate(opts, command):
         if opts.real:
             results["real"] = real_set(opts.real, real_files, models, judge, val)
         if opts.speed:
-            results["speed"] = speed_table(opts.ckpt_dir, opts.device, main)
+            results["speed"] = speed.speed_table(opts.ckpt_dir, opts.device, main)
     results["wall_seconds"] = time.perf_counter() - t_start
     return results
 

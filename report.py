@@ -267,7 +267,7 @@ METRICS_NOTE = """## Columns
   own classifier: compare values within this project only.
 - *log-mel L1, MR-STFT, LSD*: spectral distances to the ground truth in the target style.
 - *U-Net calls / window*: U-Net evaluations per 4-s latent window (classifier-free
-  guidance's two halves count two; `evaluate.unet_calls`); *GFLOP / s of audio*: the whole
+  guidance's two halves count two; `speed.unet_calls`); *GFLOP / s of audio*: the whole
   `transfer()` call's matmuls and convolutions, counted on one output.
 - *RTF*: compute seconds per second of audio (lower is faster), on the machine above; a
   transfer row's is the whole `transfer()` call."""

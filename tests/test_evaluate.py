@@ -12,6 +12,7 @@ import data
 import evaluate
 import metrics
 import report
+import speed
 import transfer
 from stft import LogMel
 
@@ -138,4 +139,4 @@ def test_unet_calls_counts_what_transfer_runs(settings):
     models.ldm.unet.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
     wave = np.random.default_rng(0).standard_normal(SR).astype(np.float32) * 0.1
     transfer.transfer(wave, SR, "rock", models=models, progress=False, **settings)
-    assert sum(seen) == evaluate.unet_calls(models, **settings)
+    assert sum(seen) == speed.unet_calls(models, **settings)
