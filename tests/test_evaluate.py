@@ -101,8 +101,8 @@ def test_the_transfer_row_is_transfer_itself():
     ours = system(wave, "piano", "rock", "piece0010")
     theirs, sr = transfer.transfer(wave.numpy(), SR, "rock", models=models, progress=False)
     assert sr == SR and torch.equal(ours, torch.from_numpy(theirs))
-    assert evaluate.transfer_row_name(models).startswith("transfer.py defaults: LDM "
-                                                         f"{transfer.MODE}")
+    student = "2-step student" if models.student is not None else "LDM"
+    assert evaluate.transfer_row_name(models).startswith(f"transfer.py defaults: {student} ")
     fast = evaluate.transfer_system(models, SR, steps=2, mode="sdedit")(wave, "piano", "rock", "p")
     again, _ = transfer.transfer(wave.numpy(), SR, "rock", models=models, progress=False,
                                  steps=2, mode="sdedit")
