@@ -175,9 +175,8 @@ def train_loop(model, loss_fn, dataset, c, opts, stage, validate=None, extra=Non
         opt.load_state_dict(state["opt"])
         step = state["step"]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=opts.bf16)
-    if opts.bf16 and rank == 0 and not metrics.bf16_pays(device):
-        print("warning: bfloat16 runs slower than float32 on this machine (no bf16 "
-              "instructions); drop --bf16", file=sys.stderr)
+    if opts.bf16 and rank == 0 and not metrics.bf16_pays(device):     # emulated bf16
+        print("warning: bf16 is slower than fp32 here; drop --bf16", file=sys.stderr)
     log_dir = Path(opts.runs) / stage
     if rank == 0:
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -315,9 +314,8 @@ def stage_autoencoder(args, cfg):
 
 
 def latent_datasets(args, cfg, rank, device, c):
-    """The LDM's training and validation items (data.latent_clips) for its config c,
-    encoded by CKPT_DIR/autoencoder.pt; -> (train, val, latent scale, styles). Sets cfg's audio
-    and autoencoder sections from the autoencoder's checkpoint."""
+    """(train, val, latent scale, styles): data.latent_clips for the config c, encoded by
+    CKPT_DIR/autoencoder.pt, whose audio and autoencoder sections are copied into cfg."""
     ae_ckpt = config.load_checkpoint(Path(args.ckpt_dir) / "autoencoder.pt", "autoencoder")
     autoencoder, scale = ae_lib.from_checkpoint(ae_ckpt).to(device), ae_ckpt["latent_scale"]
     ae_cfg = config.config_from_dict(ae_ckpt["config"])
@@ -337,8 +335,7 @@ def latent_datasets(args, cfg, rank, device, c):
 def stage_ldm(args, cfg):
     c = cfg.ldm
     rank, world, device = setup_distributed(args.device)
-    # Pairs exist only in the built-in data (every piece in every style); a user's folders
-    # train the paper's unpaired model.
+    # Pairs exist only in the built-in data; a user's folders train the unpaired model.
     c.paired = c.paired and (Path(args.data) / "metadata.json").is_file()
     dataset, val_set, scale, styles = latent_datasets(args, cfg, rank, device, c)
     torch.manual_seed(args.seed)
@@ -351,9 +348,6 @@ def stage_ldm(args, cfg):
         if rank == 0 and new:
             print(f"ldm: {len(new)} tensors not in {args.init} start fresh")
 
-    def loss_fn(net, batch, step):
-        return net(*batch)
-
     @torch.no_grad()
     def validate(ema):                        # fixed noise and crops: comparable over time
         with torch.random.fork_rng(devices=[]):
@@ -362,7 +356,7 @@ def stage_ldm(args, cfg):
                                                       for i in range(0, len(val_set), 3)])
             return {"val_loss": ema(*(b.to(device) for b in batch)).item()}
 
-    train_loop(model, loss_fn, dataset, c, opts, "ldm", validate,
+    train_loop(model, lambda net, batch, step: net(*batch), dataset, c, opts, "ldm", validate,
                extra=lambda ema: dict(config=config.config_to_dict(cfg), styles=styles,
                                       latent_scale=scale))
     if rank == 0:
@@ -415,10 +409,6 @@ def stage_baselines(args, cfg):
         baselines.module(name).train(args, cfg, KIT)
 
 
-def stage_distill(args, cfg):
-    """The few-step student of ldm.pt (distill.py), one round."""
-    distill.train(args, cfg, KIT)
-
 
 def stage_eval(args, cfg):
     """The results tables: evaluate.py scores, report.py writes (see its docstring)."""
@@ -439,12 +429,12 @@ def stage_eval(args, cfg):
 
 
 STAGES = {"data": stage_data, "classifier": stage_classifier, "autoencoder": stage_autoencoder,
-          "ldm": stage_ldm, "distill": stage_distill, "guidediff": stage_guidediff,
+          "ldm": stage_ldm, "distill": lambda args, cfg: distill.train(args, cfg, KIT),
+          "guidediff": stage_guidediff,
           "baselines": stage_baselines, "eval": stage_eval}
-# What the stages written in other files (baselines/, distill.py) use of this one.
-KIT = argparse.Namespace(train_loop=train_loop, options=LoopOptions.from_args,
-                         audio_splits=audio_splits, setup_distributed=setup_distributed,
-                         latent_datasets=latent_datasets)
+KIT = argparse.Namespace(  # what the stages in baselines/ and distill.py use of this file
+    train_loop=train_loop, options=LoopOptions.from_args, audio_splits=audio_splits,
+    setup_distributed=setup_distributed, latent_datasets=latent_datasets)
 
 
 def parse_args(argv=None):
@@ -480,8 +470,8 @@ def parse_args(argv=None):
                    "alone, to results/real.json and REAL.md, never RESULTS.md")
     p.add_argument("--compile", action="store_true", help="torch.compile the trained model")
     p.add_argument("--baseline", choices=baselines.NAMES, help="baselines: train only this one")
-    p.add_argument("--student-steps", type=int, default=None, metavar="N",
-                   help="distill: the student's steps (its teacher takes 2N; default: preset)")
+    p.add_argument("--student-steps", type=int, metavar="N", help="distill: the student's "
+                   "steps (its teacher takes 2N; default: preset)")
     p.add_argument("--resume", action="store_true", help="continue from CKPT_DIR/STAGE.train.pt")
     p.add_argument("--init", metavar="CKPT", help="start from the weights of a finished "
                    "STAGE.pt (fine-tuning; a fresh optimiser and schedule)")
