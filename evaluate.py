@@ -11,6 +11,7 @@ its defaults, the function `python transfer.py` runs, so the table measures what
     system(wave (N,), source style, target style, piece) -> wave (N',) or (wave, seconds)
     score_system(system, split, judge) -> {metric: value}, over every ordered style pair
 """
+import hashlib
 import json
 import re
 import time
@@ -142,7 +143,6 @@ def transfer_row_name(models, teacher=False, **settings):
 TEACHER_ROWS = [dict(), dict(mode="sdedit", strength=1.0, guidance=2.0, steps=2),
                 dict(mode="sdedit", strength=1.0, guidance=2.0, steps=4),
                 dict(mode="sdedit", strength=1.0, guidance=2.0, steps=4, sampler="dpm"),
-                dict(mode="sdedit", strength=1.0, guidance=2.0, steps=6, sampler="dpm"),
                 dict(mode="inversion", strength=0.9, steps=2)]
 STUDENT_ROWS = [dict(mode="inversion", strength=0.9), dict(mode="sdedit", strength=0.9)]
 
@@ -163,12 +163,13 @@ def few_step_systems(ckpt_dir, device, models, sr):
 
 
 def guidediff_systems(gd, logmel, device, steps_rows=VOCODER_STEPS,
-                      projection_rows=PROJECTION_ROWS):
+                      projection_rows=PROJECTION_ROWS, bf16=False):
     """Resynthesis rows: GuideDiff from the ground-truth log-mel at each stored step count
-    (default projections), and at the default step count with other projection counts."""
+    (default projections), and at the default step count with other projection counts.
+    bf16: autocast, as the pipeline does where it pays (Models.bf16)."""
     def system(steps, projections):
         def resynthesise(wave, src, tgt, piece):
-            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
                 return gd.vocode(logmel(wave[None]), steps, length=len(wave),
                                  generator=torch.Generator().manual_seed(0),
                                  projections=projections)[0].float()
@@ -287,12 +288,47 @@ def fad_basis_and_floor(test, train, judge):
     return dict(fad_c=float(np.mean(fad)), kid=float(np.mean(kid)), dims=FAD_DIMS)
 
 
-def score_rows(systems, split, judge, resynthesis=False, references=()):
+class Keep:
+    """`--stage eval --resume`: each finished row (or table) of a run is kept as a JSON file
+    in `folder`, named after the commit, the checkpoints, the options and the row, so that a
+    run stopped part way (a session's end) goes on where it stopped. Needs a clean checkout:
+    the commit alone then says which code made a row. keep(name, compute) -> compute()'s
+    value, or the one kept by an earlier sitting of this run."""
+
+    def __init__(self, folder=None, provenance=None, opts=None):
+        if folder is not None and provenance["commit"].endswith("+changes"):
+            raise ValueError("--resume keeps rows by commit: commit (or stash) the changes to "
+                             "tracked files first")
+        self.folder, self.reused, self.seconds = folder and Path(folder), 0, 0.0
+        self.scope = folder and json.dumps([provenance["commit"], provenance["checkpoints"],
+                                            asdict(opts)], sort_keys=True)
+
+    def __call__(self, name, compute):
+        if self.folder is None:
+            return compute()
+        key = hashlib.sha256(json.dumps([self.scope, name]).encode()).hexdigest()[:24]
+        path = self.folder / f"{key}.json"
+        if path.is_file():
+            kept = json.loads(path.read_text())
+            self.reused, self.seconds = self.reused + 1, self.seconds + kept["seconds"]
+            return kept["value"]
+        t0 = time.perf_counter()
+        value = compute()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dict(name=name, value=value,
+                                       seconds=time.perf_counter() - t0)))
+        tmp.replace(path)
+        return value
+
+
+def score_rows(systems, split, judge, resynthesis=False, references=(), keep=Keep()):
     rows = {}
     for name, system in tqdm(systems.items(), desc=f"scoring on {split.name}"):
-        rows[name] = score_system(system, split, judge, resynthesis)
+        rows[name] = keep(f"{split.name} {resynthesis} {name}",
+                          lambda: score_system(system, split, judge, resynthesis))
         if name in references:              # returning stored audio costs nothing
-            rows[name].pop("rtf")
+            rows[name].pop("rtf", None)
     return rows
 
 
@@ -317,7 +353,7 @@ def inversion_round_trips(models, split, strength=transfer_lib.STRENGTH,
         return ldm.unet(*a)
     for warm_start in tqdm(diffusion.WARM_STARTS, desc="inversion round trips"):
         calls.clear()
-        with torch.autocast(z.device.type, dtype=torch.bfloat16):
+        with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=models.bf16):
             x_t = diffusion.ddim_invert(unet, ldm.sched, z, context, steps, t_end,
                                         prediction=ldm.c.prediction, fixed_point_iters=1,
                                         warm_start=warm_start)
@@ -367,6 +403,8 @@ class EvalOptions:
     speed: bool = True          # the speed table (about 5 minutes)
     real: tuple = ()            # folders of real recordings: the real-set table (evaluate_real)
     real_files: int = 6         # ... excerpts from this many files of each folder
+    keep: str = None            # a folder: keep each finished row there, and take those an
+                                # interrupted run of this commit kept (Keep; --resume)
 
 
 def setup(opts, command):
@@ -386,6 +424,7 @@ def evaluate(opts, command):
                          "(development runs)")
     real_files = evaluate_real.find_files(opts.real, opts.real_files) if opts.real else []
     provenance, judge, styles, cfg = setup(opts, command)
+    keep = Keep(opts.keep, provenance, opts)
     sr, logmel = cfg.audio.sample_rate, judge.logmel
     main = load_split(opts.data, opts.split, sr, styles, opts.pieces or EVAL_PIECES)
     train = load_split(opts.data, "train", sr, styles, len(main.pieces))
@@ -401,7 +440,8 @@ def evaluate(opts, command):
     resynthesis_rows.update(round_trip_systems(models))
     if models.vocoder is not None:
         gd = models.vocoder
-        resynthesis_rows.update(guidediff_systems(gd, logmel, opts.device, [gd.default_steps], []))
+        resynthesis_rows.update(guidediff_systems(gd, logmel, opts.device, [gd.default_steps],
+                                                  [], models.bf16))
     resynthesis_rows.update(base_resynthesis)
     if opts.rows:
         names = [n for n in list(transfer_rows) + list(resynthesis_rows) if re.search(opts.rows, n)]
@@ -411,25 +451,29 @@ def evaluate(opts, command):
         transfer_rows = {k: v for k, v in transfer_rows.items() if k in names}
         resynthesis_rows = {k: v for k, v in resynthesis_rows.items() if k in names}
     results = dict(provenance, split=split_summary(main, sr), fad_floor=floor,
-                   transfer=score_rows(transfer_rows, main, judge, False, references),
-                   resynthesis=score_rows(resynthesis_rows, main, judge, True, references))
+                   transfer=score_rows(transfer_rows, main, judge, False, references, keep),
+                   resynthesis=score_rows(resynthesis_rows, main, judge, True, references, keep))
     wave = main.waves[main.pieces[0], styles[0]]
-    for name in set(costed) & set(results["transfer"]):
-        results["transfer"][name].update(speed.transfer_cost(*costed[name], wave, sr, styles[-1]))
+    for name in [n for n in costed if n in results["transfer"]]:
+        results["transfer"][name].update(keep(f"cost {name}", lambda: speed.transfer_cost(
+            *costed[name], wave, sr, styles[-1])))
     if not opts.rows:                       # tuning tables on val, then the speed table
         val = load_split(opts.data, "val", sr, styles, opts.pieces or EVAL_PIECES)
         tuning = dict(split=split_summary(val, sr))
         if models.vocoder is not None:
-            tuning["vocoder"] = score_rows(guidediff_systems(models.vocoder, logmel,
-                                                             opts.device), val, judge, True)
+            tuning["vocoder"] = score_rows(guidediff_systems(
+                models.vocoder, logmel, opts.device, bf16=models.bf16), val, judge, True, (), keep)
         short = load_split(opts.data, "val", sr, styles, pieces=3)
-        tuning["inversion"] = inversion_round_trips(models, short)
+        tuning["inversion"] = keep("inversion", lambda: inversion_round_trips(models, short))
         results["tuning"] = tuning
         if opts.real:
-            results["real"] = real_set(opts.real, real_files, models, judge, val)
+            results["real"] = keep("real", lambda: real_set(opts.real, real_files, models,
+                                                            judge, val))
         if opts.speed:
-            results["speed"] = speed.speed_table(opts.ckpt_dir, opts.device, main)
-    results["wall_seconds"] = time.perf_counter() - t_start
+            results["speed"] = keep("speed", lambda: speed.speed_table(opts.ckpt_dir,
+                                                                       opts.device, main))
+    results["wall_seconds"] = time.perf_counter() - t_start + keep.seconds
+    results["kept_rows"] = keep.reused      # from earlier sittings of this run (--resume)
     return results
 
 

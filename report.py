@@ -113,8 +113,10 @@ def machine_line(r):
 
 def header(r, title):
     hashes = "\n".join(f"- `{k}` {v[:16]}" for k, v in r["checkpoints"].items())
+    resumed = (f" (over more than one sitting: {r['kept_rows']} rows kept by the earlier ones, "
+               f"`--resume`)" if r.get("kept_rows") else "")
     return (f"# {title}\n\nMade by `{r['command']}` at commit `{r['commit']}` in "
-            f"{r['wall_seconds'] / 60:.0f} minutes on {machine_line(r)}. Written by the "
+            f"{r['wall_seconds'] / 60:.0f} minutes{resumed} on {machine_line(r)}. Written by the "
             f"command; not edited by hand.\n\nCheckpoints (sha256, first 16 digits):\n\n"
             f"{hashes}\n\n")
 

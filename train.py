@@ -409,13 +409,13 @@ def stage_baselines(args, cfg):
         baselines.module(name).train(args, cfg, KIT)
 
 
-
 def stage_eval(args, cfg):
     """The results tables: evaluate.py scores, report.py writes (see its docstring)."""
     opts = evaluate.EvalOptions(data=args.data, ckpt_dir=args.ckpt_dir, device=args.device,
                                 pieces=args.pieces, rows=args.rows, split=args.split,
                                 speed=not args.no_speed, real=tuple(args.real or ()),
-                                real_files=args.real_files)
+                                real_files=args.real_files,
+                                keep=args.resume and str(Path(args.runs) / "eval"))
     command = "python " + " ".join(sys.argv)
     if args.only_real:                      # development: the real-set table alone
         if not args.real:
@@ -453,9 +453,8 @@ def parse_args(argv=None):
                    help="data: pieces to build (default: preset); eval: pieces of each split "
                    "to score (default 12)")
     g = p.add_argument_group("eval stage")
-    g.add_argument("--sweep", action="store_true",
-                   help="the LDM strength x guidance sweep on val (2 pieces, 4 s): "
-                        "results/sweep.json and SWEEP.md")
+    g.add_argument("--sweep", action="store_true", help="the LDM strength x guidance sweep "
+                   "on val (2 pieces, 4 s): results/sweep.json and SWEEP.md")
     g.add_argument("--rows", default=None, metavar="REGEX",
                    help="development: score only the rows whose name matches, on --split; "
                         "written to results/rows.json, never to RESULTS.md")
@@ -472,7 +471,8 @@ def parse_args(argv=None):
     p.add_argument("--baseline", choices=baselines.NAMES, help="baselines: train only this one")
     p.add_argument("--student-steps", type=int, metavar="N", help="distill: the student's "
                    "steps (its teacher takes 2N; default: preset)")
-    p.add_argument("--resume", action="store_true", help="continue from CKPT_DIR/STAGE.train.pt")
+    p.add_argument("--resume", action="store_true", help="continue from CKPT_DIR/STAGE.train.pt "
+                   "(eval: take the rows an interrupted run at this commit kept in RUNS/eval)")
     p.add_argument("--init", metavar="CKPT", help="start from the weights of a finished "
                    "STAGE.pt (fine-tuning; a fresh optimiser and schedule)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: preset)")

@@ -75,6 +75,8 @@ def test_report_tables_come_from_the_results(tmp_path):
     assert (tmp_path / "RESULTS.md").read_text() == text
     assert json.loads((tmp_path / "results.json").read_text())["commit"] == "abc+changes"
     assert "| identity | " in text and "abc+changes" in text and "notes kept" in text
+    assert "sitting" not in text
+    assert "2 rows kept by the earlier ones" in report.save(dict(results, kept_rows=2), tmp_path)
     report.save(results, tmp_path / "dev", "rows")
     assert sorted(p.name for p in (tmp_path / "dev").iterdir()) == ["rows.json"]
     # The real-set table, per target style, in RESULTS.md and in a development REAL.md.
@@ -90,6 +92,28 @@ def test_report_tables_come_from_the_results(tmp_path):
         assert f"| {style} | {50.0 + k:.1f} | 0.500 |" in text
     real = report.save(results, tmp_path / "dev", "real")
     assert (tmp_path / "dev" / "REAL.md").read_text() == real and "| **mean** | 51.0" in real
+
+
+def test_resume_keeps_rows_by_commit_checkpoints_and_options(tmp_path):
+    prov = dict(commit="a" * 40, checkpoints={"ldm.pt": "0" * 64})
+    opts, calls = evaluate.EvalOptions(keep=str(tmp_path)), []
+
+    def compute(value):
+        return lambda: calls.append(value) or dict(score=value)
+    assert evaluate.Keep()("row", compute(1.0)) == dict(score=1.0)    # no folder: no keeping
+    assert not list(tmp_path.iterdir())
+    first = evaluate.Keep(tmp_path, prov, opts)
+    assert first("row", compute(2.0)) == dict(score=2.0) and first.reused == 0
+    again = evaluate.Keep(tmp_path, prov, opts)                        # the next sitting
+    assert again("row", compute(3.0)) == dict(score=2.0) and again.reused == 1
+    assert again("other row", compute(4.0)) == dict(score=4.0)
+    for other in (dict(prov, commit="b" * 40), dict(prov, checkpoints={"ldm.pt": "1" * 64})):
+        assert evaluate.Keep(tmp_path, other, opts)("row", compute(5.0)) == dict(score=5.0)
+    more = evaluate.EvalOptions(keep=str(tmp_path), pieces=3)
+    assert evaluate.Keep(tmp_path, prov, more)("row", compute(6.0)) == dict(score=6.0)
+    assert calls == [1.0, 2.0, 4.0, 5.0, 5.0, 6.0]
+    with pytest.raises(ValueError, match="commit"):
+        evaluate.Keep(tmp_path, dict(prov, commit="a" * 40 + "+changes"), opts)
 
 
 @pytest.mark.skipif(not (CKPT / "ldm.pt").is_file(), reason="no committed checkpoints")
