@@ -172,9 +172,19 @@ class LogMel(torch.nn.Module):
         # Non-persistent: derived from the arguments, so they follow .to() but stay out of
         # checkpoints.
         self.register_buffer("mel_fb", fb, persistent=False)                  # (n_mels, F)
-        self.register_buffer("mel_pinv", torch.linalg.pinv(fb.double()).float(),
-                             persistent=False)                                # (F, n_mels)
         self.register_buffer("window", hann_window(n_fft), persistent=False)  # (n_fft,)
+        self._pinv = None
+
+    @property
+    def mel_pinv(self):
+        """(F, n_mels): the filterbank's pseudo-inverse, made on first use (only Griffin-Lim
+        needs it), from its SVD: torch.linalg.pinv takes seconds on a CPU, this 0.1 s."""
+        fb = self.mel_fb
+        if self._pinv is None or (self._pinv.device, self._pinv.dtype) != (fb.device, fb.dtype):
+            U, S, Vh = torch.linalg.svd(fb.double().cpu(), full_matrices=False)
+            keep = S > S.max() * max(fb.shape) * torch.finfo(torch.float64).eps
+            self._pinv = ((Vh[keep].T / S[keep]) @ U[:, keep].T).to(fb)
+        return self._pinv
 
     def forward(self, wave):
         magnitude = stft(wave, self.n_fft, self.hop, window=self.window).abs()  # (B, F, T)

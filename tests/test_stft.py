@@ -208,6 +208,19 @@ def test_logmel_normalisation_is_fixed():
     assert torch.allclose(quiet, torch.tensor((math.log(1e-5) + 5.0) / 2.5))
 
 
+@pytest.mark.parametrize("sr, n_fft, n_mels", [(16000, 1024, 128), (22050, 512, 80),
+                                                (8000, 256, 96)])
+def test_mel_pinv_matches_numpy(sr, n_fft, n_mels):
+    """The lazily made pseudo-inverse (from an SVD) is numpy's, in any dtype it follows."""
+    lm = LogMel(sr, n_fft, n_fft // 4, n_mels)
+    reference = np.linalg.pinv(lm.mel_fb.double().numpy())
+    assert lm.mel_pinv.shape == (n_fft // 2 + 1, n_mels) and lm.mel_pinv.dtype == torch.float32
+    assert np.abs(lm.mel_pinv.double().numpy() - reference).max() < 1e-5 * np.abs(reference).max()
+    lm64 = lm.double()
+    assert lm64.mel_pinv.dtype == torch.float64
+    np.testing.assert_allclose(lm64.mel_pinv.numpy(), reference, rtol=0, atol=1e-9 * np.abs(reference).max())
+
+
 def test_mel_to_magnitude_recovers_mel_projection():
     lm = LogMel(n_fft=512, hop=128, n_mels=64).double()
     t = torch.arange(8000, dtype=torch.float64) / 16000
