@@ -296,10 +296,10 @@ class Keep:
     value, or the one kept by an earlier sitting of this run."""
 
     def __init__(self, folder=None, provenance=None, opts=None):
-        if folder is not None and provenance["commit"].endswith("+changes"):
+        if folder and provenance["commit"].endswith("+changes"):
             raise ValueError("--resume keeps rows by commit: commit (or stash) the changes to "
                              "tracked files first")
-        self.folder, self.reused, self.seconds = folder and Path(folder), 0, 0.0
+        self.folder, self.reused, self.seconds = folder and Path(folder) or None, 0, 0.0
         self.scope = folder and json.dumps([provenance["commit"], provenance["checkpoints"],
                                             asdict(opts)], sort_keys=True)
 
@@ -405,6 +405,41 @@ class EvalOptions:
     real_files: int = 6         # ... excerpts from this many files of each folder
     keep: str = None            # a folder: keep each finished row there, and take those an
                                 # interrupted run of this commit kept (Keep; --resume)
+    settings: str = None        # development: transfer() settings as JSON, a row of its own
+    seconds: float = None       # development: score the first `seconds` of each piece
+
+    @classmethod
+    def from_args(cls, args):
+        """From train.py's arguments (--stage eval)."""
+        if args.only_real and not args.real:
+            raise ValueError("--only-real needs --real DIR [DIR ...]")
+        if (args.settings or args.seconds) and not (args.rows or args.only_real):
+            raise ValueError("--settings and --seconds are for development runs: give --rows "
+                             "REGEX (or --only-real) too")
+        opts = cls(data=args.data, ckpt_dir=args.ckpt_dir, device=args.device,
+                   pieces=args.pieces, rows=args.rows, split=args.split, speed=not args.no_speed,
+                   real=tuple(args.real or ()), real_files=args.real_files,
+                   keep=str(Path(args.runs) / "eval") if args.resume else None,
+                   settings=args.settings,
+                   seconds=args.seconds)
+        opts.transfer_settings()            # a bad --settings fails before any work
+        return opts
+
+    def transfer_settings(self):
+        """--settings as (teacher, {name: value}): keyword arguments of transfer.transfer(),
+        and "teacher": true for ldm.pt without its student."""
+        try:
+            settings = json.loads(self.settings or "{}")
+            assert isinstance(settings, dict)
+        except (ValueError, AssertionError):
+            raise ValueError(f"--settings {self.settings!r} is not a JSON object; give e.g. "
+                             f"'{{\"mode\": \"inversion\", \"guidance\": 5}}'") from None
+        teacher = bool(settings.pop("teacher", False))
+        known = {"strength", "mode", "steps", "guidance", "sampler", "warm_start", "seed"}
+        if set(settings) - known:
+            raise ValueError(f"--settings: unknown {sorted(set(settings) - known)}; known: "
+                             f"teacher, {', '.join(sorted(known))}")
+        return teacher, settings
 
 
 def setup(opts, command):
@@ -426,14 +461,21 @@ def evaluate(opts, command):
     provenance, judge, styles, cfg = setup(opts, command)
     keep = Keep(opts.keep, provenance, opts)
     sr, logmel = cfg.audio.sample_rate, judge.logmel
-    main = load_split(opts.data, opts.split, sr, styles, opts.pieces or EVAL_PIECES)
-    train = load_split(opts.data, "train", sr, styles, len(main.pieces))
+    main = load_split(opts.data, opts.split, sr, styles, opts.pieces or EVAL_PIECES, opts.seconds)
+    train = load_split(opts.data, "train", sr, styles, len(main.pieces), opts.seconds)
     floor = fad_basis_and_floor(main, train, judge)
     models = transfer_lib.load_models(opts.ckpt_dir, device=opts.device)
     transfer_rows, resynthesis_rows = reference_systems(main, logmel, cfg.audio)
     references = set(transfer_rows)         # stored audio: no compute to time
     costed = {transfer_row_name(models): (transfer_system(models, sr), models, {})}
     costed.update(few_step_systems(opts.ckpt_dir, opts.device, models, sr))
+    own = None                              # --settings: a development row of its own
+    if opts.settings:
+        teacher, settings = opts.transfer_settings()
+        chosen = transfer_lib.load_models(opts.ckpt_dir, device=opts.device,
+                                          teacher=True) if teacher else models
+        own = transfer_row_name(chosen, teacher, **settings)
+        costed[own] = (transfer_system(chosen, sr, **settings), chosen, settings)
     transfer_rows.update({name: row[0] for name, row in costed.items()})
     base_transfer, base_resynthesis = baseline_systems(opts.ckpt_dir, cfg, logmel, main)
     transfer_rows.update(base_transfer)
@@ -444,7 +486,8 @@ def evaluate(opts, command):
                                                   [], models.bf16))
     resynthesis_rows.update(base_resynthesis)
     if opts.rows:
-        names = [n for n in list(transfer_rows) + list(resynthesis_rows) if re.search(opts.rows, n)]
+        names = [n for n in list(transfer_rows) + list(resynthesis_rows)
+                 if re.search(opts.rows, n) or n == own]
         if not names:
             raise ValueError(f"--rows {opts.rows!r} matches no row; rows: "
                              f"{', '.join(list(transfer_rows) + list(resynthesis_rows))}")
@@ -490,11 +533,12 @@ def evaluate_sweep(opts, command, pieces=2, seconds=4.0):
                 wall_seconds=time.perf_counter() - t_start)
 
 
-def real_set(folders, files, models, judge, val):
+def real_set(folders, files, models, judge, val, settings=None, name=None):
     """The real-recording table, and the classifier's accuracy on val renders through the
-    recording chain (how far its judgement of recordings can be trusted)."""
-    real = evaluate_real.score_real(models, judge, files)
-    real["folders"] = list(folders)
+    recording chain (how far its judgement of recordings can be trusted). settings:
+    transfer() settings (development; None: its defaults), named `name` in the table."""
+    real = evaluate_real.score_real(models, judge, files, **(settings or {}))
+    real["folders"], real["settings_name"] = list(folders), name
     real["classifier_augmented_val"] = evaluate_real.augmented_accuracy(judge, val)
     return real
 
@@ -505,8 +549,10 @@ def evaluate_real_only(opts, command):
     files = evaluate_real.find_files(opts.real, opts.real_files)
     provenance, judge, styles, cfg = setup(opts, command)
     val = load_split(opts.data, "val", cfg.audio.sample_rate, styles)
-    models = transfer_lib.load_models(opts.ckpt_dir, device=opts.device)
-    return dict(provenance, real=real_set(opts.real, files, models, judge, val),
+    teacher, settings = opts.transfer_settings()
+    models = transfer_lib.load_models(opts.ckpt_dir, device=opts.device, teacher=teacher)
+    name = opts.settings and f"`{transfer_row_name(models, teacher, **settings)}`"
+    return dict(provenance, real=real_set(opts.real, files, models, judge, val, settings, name),
                 wall_seconds=time.perf_counter() - t_start)
 
 

@@ -146,7 +146,8 @@ def real_markdown(real):
              f"through the recording chain (augment.Chain, seeded)." if accuracy else "")
     return (f"{len(real['excerpts'])} excerpts of {real['excerpt_seconds']:.0f} s (a third of "
             f"the way into each file, at most 30 s in) from {', '.join(folders)}, each "
-            f"transferred into every style by `transfer.transfer()` with its defaults. Content "
+            f"transferred into every style by `transfer.transfer()` with "
+            f"{real.get('settings_name') or 'its defaults'}. Content "
             f"kept: chroma match to the source minus the match to the source {SHIFTS[0]:.0f}-"
             f"{SHIFTS[-1]:.0f} s later, over the same for the source itself (identity 1, the "
             f"right key at the wrong moment 0).{judge}\n\n" + "\n".join(lines) + "\n")

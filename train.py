@@ -411,15 +411,8 @@ def stage_baselines(args, cfg):
 
 def stage_eval(args, cfg):
     """The results tables: evaluate.py scores, report.py writes (see its docstring)."""
-    opts = evaluate.EvalOptions(data=args.data, ckpt_dir=args.ckpt_dir, device=args.device,
-                                pieces=args.pieces, rows=args.rows, split=args.split,
-                                speed=not args.no_speed, real=tuple(args.real or ()),
-                                real_files=args.real_files,
-                                keep=args.resume and str(Path(args.runs) / "eval"))
-    command = "python " + " ".join(sys.argv)
+    opts, command = evaluate.EvalOptions.from_args(args), "python " + " ".join(sys.argv)
     if args.only_real:                      # development: the real-set table alone
-        if not args.real:
-            raise ValueError("--only-real needs --real DIR [DIR ...]")
         print(report.save(evaluate.evaluate_real_only(opts, command), args.results, "real"))
     elif args.sweep:
         print(report.save(evaluate.evaluate_sweep(opts, command), args.results, "sweep"))
@@ -467,6 +460,8 @@ def parse_args(argv=None):
                    help="with --real: excerpts from N files of each folder, spread evenly")
     g.add_argument("--only-real", action="store_true", help="development: the real-set table "
                    "alone, to results/real.json and REAL.md, never RESULTS.md")
+    g.add_argument("--settings", metavar="JSON", help="development, with --rows or --only-real: "
+                   "transfer() settings to score, e.g. '{\"guidance\": 5, \"teacher\": true}'")
     p.add_argument("--compile", action="store_true", help="torch.compile the trained model")
     p.add_argument("--baseline", choices=baselines.NAMES, help="baselines: train only this one")
     p.add_argument("--student-steps", type=int, metavar="N", help="distill: the student's "
@@ -481,7 +476,8 @@ def parse_args(argv=None):
     p.add_argument("--save-every", type=int, default=200, help="checkpoint interval (steps)")
     g = p.add_argument_group("data stage")
     g.add_argument("--out", default="data/builtin", help="where the built-in dataset is written")
-    g.add_argument("--seconds", type=float, default=None, help="length of each piece")
+    g.add_argument("--seconds", type=float, default=None, help="length of each piece (eval, "
+                   "with --rows: score the first SECONDS of each)")
     g.add_argument("--workers", type=int, default=2, help="rendering processes")
     return p.parse_args(argv)
 

@@ -13,6 +13,7 @@ import evaluate
 import metrics
 import report
 import speed
+import train
 import transfer
 from stft import LogMel
 
@@ -114,6 +115,12 @@ def test_resume_keeps_rows_by_commit_checkpoints_and_options(tmp_path):
     assert calls == [1.0, 2.0, 4.0, 5.0, 5.0, 6.0]
     with pytest.raises(ValueError, match="commit"):
         evaluate.Keep(tmp_path, dict(prov, commit="a" * 40 + "+changes"), opts)
+    # From the command line: no --resume, no keeping (a checkout with changes may run).
+    plain = evaluate.EvalOptions.from_args(train.parse_args(["--stage", "eval"]))
+    assert plain.keep is None and evaluate.Keep(plain.keep, dict(prov, commit="x+changes"),
+                                                plain)("row", compute(7.0)) == dict(score=7.0)
+    resumed = train.parse_args(["--stage", "eval", "--resume", "--runs", str(tmp_path)])
+    assert evaluate.EvalOptions.from_args(resumed).keep == str(tmp_path / "eval")
 
 
 @pytest.mark.skipif(not (CKPT / "ldm.pt").is_file(), reason="no committed checkpoints")

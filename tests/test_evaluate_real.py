@@ -69,7 +69,11 @@ def test_find_files_and_excerpts(tmp_path):
 
 @pytest.mark.parametrize("args, message", [(["--only-real"], "--only-real needs --real"),
                                            (["--only-real", "--real", "/no/such/dir"],
-                                            "not a folder")])
+                                            "not a folder"),
+                                           (["--settings", '{"guidance": 5}'], "--rows"),
+                                           (["--rows", "x", "--settings", "[1]"], "JSON object"),
+                                           (["--rows", "x", "--settings", '{"w": 5}'],
+                                            "unknown ['w']")])
 def test_cli_real_errors(args, message):
     r = subprocess.run([sys.executable, "train.py", "--stage", "eval", *args], cwd=ROOT,
                        capture_output=True, text=True)
