@@ -11,7 +11,6 @@ its defaults, the function `python transfer.py` runs, so the table measures what
     system(wave (N,), source style, target style, piece) -> wave (N',) or (wave, seconds)
     score_system(system, split, judge) -> {metric: value}, over every ordered style pair
 """
-import hashlib
 import json
 import re
 import time
@@ -288,41 +287,7 @@ def fad_basis_and_floor(test, train, judge):
     return dict(fad_c=float(np.mean(fad)), kid=float(np.mean(kid)), dims=FAD_DIMS)
 
 
-class Keep:
-    """`--stage eval --resume`: each finished row (or table) of a run is kept as a JSON file
-    in `folder`, named after the commit, the checkpoints, the options and the row, so that a
-    run stopped part way (a session's end) goes on where it stopped. Needs a clean checkout:
-    the commit alone then says which code made a row. keep(name, compute) -> compute()'s
-    value, or the one kept by an earlier sitting of this run."""
-
-    def __init__(self, folder=None, provenance=None, opts=None):
-        if folder and provenance["commit"].endswith("+changes"):
-            raise ValueError("--resume keeps rows by commit: commit (or stash) the changes to "
-                             "tracked files first")
-        self.folder, self.reused, self.seconds = folder and Path(folder) or None, 0, 0.0
-        self.scope = folder and json.dumps([provenance["commit"], provenance["checkpoints"],
-                                            asdict(opts)], sort_keys=True)
-
-    def __call__(self, name, compute):
-        if self.folder is None:
-            return compute()
-        key = hashlib.sha256(json.dumps([self.scope, name]).encode()).hexdigest()[:24]
-        path = self.folder / f"{key}.json"
-        if path.is_file():
-            kept = json.loads(path.read_text())
-            self.reused, self.seconds = self.reused + 1, self.seconds + kept["seconds"]
-            return kept["value"]
-        t0 = time.perf_counter()
-        value = compute()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(dict(name=name, value=value,
-                                       seconds=time.perf_counter() - t0)))
-        tmp.replace(path)
-        return value
-
-
-def score_rows(systems, split, judge, resynthesis=False, references=(), keep=Keep()):
+def score_rows(systems, split, judge, resynthesis=False, references=(), keep=report.Keep()):
     rows = {}
     for name, system in tqdm(systems.items(), desc=f"scoring on {split.name}"):
         rows[name] = keep(f"{split.name} {resynthesis} {name}",
@@ -404,7 +369,7 @@ class EvalOptions:
     real: tuple = ()            # folders of real recordings: the real-set table (evaluate_real)
     real_files: int = 6         # ... excerpts from this many files of each folder
     keep: str = None            # a folder: keep each finished row there, and take those an
-                                # interrupted run of this commit kept (Keep; --resume)
+                                # interrupted run of this commit kept (report.Keep)
     settings: str = None        # development: transfer() settings as JSON, a row of its own
     seconds: float = None       # development: score the first `seconds` of each piece
 
@@ -459,7 +424,7 @@ def evaluate(opts, command):
                          "(development runs)")
     real_files = evaluate_real.find_files(opts.real, opts.real_files) if opts.real else []
     provenance, judge, styles, cfg = setup(opts, command)
-    keep = Keep(opts.keep, provenance, opts)
+    keep = report.Keep(opts.keep, provenance, asdict(opts))
     sr, logmel = cfg.audio.sample_rate, judge.logmel
     main = load_split(opts.data, opts.split, sr, styles, opts.pieces or EVAL_PIECES, opts.seconds)
     train = load_split(opts.data, "train", sr, styles, len(main.pieces), opts.seconds)

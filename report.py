@@ -1,5 +1,6 @@
 """What a results file records and how it reads: provenance (commit, checkpoint hashes,
-machine), results.json and the Markdown tables made from it (RESULTS.md, SWEEP.md).
+machine), the rows a stopped run keeps (Keep, for --resume), results.json and the Markdown
+tables made from it (RESULTS.md, SWEEP.md).
 
     evaluate.evaluate(...) -> results dict -> save -> results.json + RESULTS.md
 """
@@ -9,6 +10,7 @@ import math
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 
 import torch
@@ -50,6 +52,40 @@ def checkpoint_hashes(ckpt_dir):
 def provenance(command, ckpt_dir):
     return dict(command=command, commit=git_commit(), machine=machine(),
                 checkpoints=checkpoint_hashes(ckpt_dir))
+
+
+class Keep:
+    """`--stage eval --resume`: each finished row (or table) of a run is kept as a JSON file
+    in `folder`, named after the commit, the checkpoints, the run's options (a dict) and the row, so that a
+    run stopped part way (a session's end) goes on where it stopped. Needs a clean checkout:
+    the commit alone then says which code made a row. keep(name, compute) -> compute()'s
+    value, or the one kept by an earlier sitting of this run."""
+
+    def __init__(self, folder=None, provenance=None, options=None):
+        if folder and provenance["commit"].endswith("+changes"):
+            raise ValueError("--resume keeps rows by commit: commit (or stash) the changes to "
+                             "tracked files first")
+        self.folder, self.reused, self.seconds = folder and Path(folder) or None, 0, 0.0
+        self.scope = folder and json.dumps([provenance["commit"], provenance["checkpoints"],
+                                            options], sort_keys=True)
+
+    def __call__(self, name, compute):
+        if self.folder is None:
+            return compute()
+        key = hashlib.sha256(json.dumps([self.scope, name]).encode()).hexdigest()[:24]
+        path = self.folder / f"{key}.json"
+        if path.is_file():
+            kept = json.loads(path.read_text())
+            self.reused, self.seconds = self.reused + 1, self.seconds + kept["seconds"]
+            return kept["value"]
+        t0 = time.perf_counter()
+        value = compute()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dict(name=name, value=value,
+                                       seconds=time.perf_counter() - t0)))
+        tmp.replace(path)
+        return value
 
 
 def save(results, out_dir, kind="results"):

@@ -2,6 +2,7 @@
 transfer row is transfer() itself, the sweep's pick, and the tables written from results."""
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -97,28 +98,28 @@ def test_report_tables_come_from_the_results(tmp_path):
 
 def test_resume_keeps_rows_by_commit_checkpoints_and_options(tmp_path):
     prov = dict(commit="a" * 40, checkpoints={"ldm.pt": "0" * 64})
-    opts, calls = evaluate.EvalOptions(keep=str(tmp_path)), []
+    opts, calls = asdict(evaluate.EvalOptions(keep=str(tmp_path))), []
 
     def compute(value):
         return lambda: calls.append(value) or dict(score=value)
-    assert evaluate.Keep()("row", compute(1.0)) == dict(score=1.0)    # no folder: no keeping
+    assert report.Keep()("row", compute(1.0)) == dict(score=1.0)    # no folder: no keeping
     assert not list(tmp_path.iterdir())
-    first = evaluate.Keep(tmp_path, prov, opts)
+    first = report.Keep(tmp_path, prov, opts)
     assert first("row", compute(2.0)) == dict(score=2.0) and first.reused == 0
-    again = evaluate.Keep(tmp_path, prov, opts)                        # the next sitting
+    again = report.Keep(tmp_path, prov, opts)                        # the next sitting
     assert again("row", compute(3.0)) == dict(score=2.0) and again.reused == 1
     assert again("other row", compute(4.0)) == dict(score=4.0)
     for other in (dict(prov, commit="b" * 40), dict(prov, checkpoints={"ldm.pt": "1" * 64})):
-        assert evaluate.Keep(tmp_path, other, opts)("row", compute(5.0)) == dict(score=5.0)
-    more = evaluate.EvalOptions(keep=str(tmp_path), pieces=3)
-    assert evaluate.Keep(tmp_path, prov, more)("row", compute(6.0)) == dict(score=6.0)
+        assert report.Keep(tmp_path, other, opts)("row", compute(5.0)) == dict(score=5.0)
+    more = asdict(evaluate.EvalOptions(keep=str(tmp_path), pieces=3))
+    assert report.Keep(tmp_path, prov, more)("row", compute(6.0)) == dict(score=6.0)
     assert calls == [1.0, 2.0, 4.0, 5.0, 5.0, 6.0]
     with pytest.raises(ValueError, match="commit"):
-        evaluate.Keep(tmp_path, dict(prov, commit="a" * 40 + "+changes"), opts)
+        report.Keep(tmp_path, dict(prov, commit="a" * 40 + "+changes"), opts)
     # From the command line: no --resume, no keeping (a checkout with changes may run).
     plain = evaluate.EvalOptions.from_args(train.parse_args(["--stage", "eval"]))
-    assert plain.keep is None and evaluate.Keep(plain.keep, dict(prov, commit="x+changes"),
-                                                plain)("row", compute(7.0)) == dict(score=7.0)
+    assert plain.keep is None and report.Keep(plain.keep, dict(prov, commit="x+changes"),
+                                              asdict(plain))("row", compute(7.0)) == dict(score=7.0)
     resumed = train.parse_args(["--stage", "eval", "--resume", "--runs", str(tmp_path)])
     assert evaluate.EvalOptions.from_args(resumed).keep == str(tmp_path / "eval")
 
