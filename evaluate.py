@@ -504,6 +504,7 @@ def real_set(folders, files, models, judge, val, settings=None, name=None):
     transfer() settings (development; None: its defaults), named `name` in the table."""
     real = evaluate_real.score_real(models, judge, files, **(settings or {}))
     real["folders"], real["settings_name"] = list(folders), name
+    real["render_content_kept"] = evaluate_real.render_content_kept(val, judge.sample_rate)
     real["classifier_augmented_val"] = evaluate_real.augmented_accuracy(judge, val)
     return real
 

@@ -128,19 +128,38 @@ def augmented_accuracy(judge, split, window_seconds=4.0, seed=0):
     return 100 * float(np.mean(correct))
 
 
+@torch.no_grad()
+def render_content_kept(split, sample_rate, seconds=EXCERPT_SECONDS):
+    """{target style: content kept} of the paired renders themselves: the first `seconds` of
+    each piece's target-style render against its render in every other style, averaged.
+    What a perfect transfer scores (the timbre changes the chroma too): the measure's ceiling."""
+    n = int(seconds * sample_rate)
+    return {tgt: float(np.mean([content_kept(split.waves[p, tgt][None, :n],
+                                             split.waves[p, src][None, :n], sample_rate).item()
+                                for p in split.pieces for src in split.styles if src != tgt]))
+            for tgt in split.styles}
+
+
 def real_markdown(real):
     """The per-style table of the real set (RESULTS.md and REAL.md)."""
     folders = real.get("folders") or sorted({str(Path(e["file"]).parent)
                                               for e in real["excerpts"]})
+    renders = real.get("render_content_kept")            # older results have none
     lines = ["| target style | classifier names the target (%) ↑ | content kept ↑ | "
-             "lowest content kept | unchanged source named the target (%) | outputs |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "lowest content kept | unchanged source named the target (%) | outputs |" +
+             (" content kept by the target's render (val) |" if renders else ""),
+             "|---|---:|---:|---:|---:|---:|" + ("---:|" if renders else "")]
     for style, r in real["styles"].items():
         lines.append(f"| {style} | {r['accuracy']:.1f} | {r['content_kept']:.3f} | "
                      f"{r['content_kept_min']:.3f} | {r['identity_accuracy']:.1f} | "
-                     f"{r['outputs']} |")
+                     f"{r['outputs']} |" + (f" {renders[style]:.3f} |" if renders else ""))
     m = real["mean"]
-    lines.append(f"| **mean** | {m['accuracy']:.1f} | {m['content_kept']:.3f} | | | |")
+    lines.append(f"| **mean** | {m['accuracy']:.1f} | {m['content_kept']:.3f} | | | |" +
+                 (f" {np.mean(list(renders.values())):.3f} |" if renders else ""))
+    ceiling = (" The last column is the measure on the paired val renders: a piece's render "
+               "in the target style against its render in each other style, what a perfect "
+               "transfer of a render would score (a new timbre moves the chroma too)."
+               if renders else "")
     accuracy = real.get("classifier_augmented_val")
     judge = (f" The classifier names the style of {accuracy:.1f}% of val renders sent "
              f"through the recording chain (augment.Chain, seeded)." if accuracy else "")
@@ -150,4 +169,4 @@ def real_markdown(real):
             f"{real.get('settings_name') or 'its defaults'}. Content "
             f"kept: chroma match to the source minus the match to the source {SHIFTS[0]:.0f}-"
             f"{SHIFTS[-1]:.0f} s later, over the same for the source itself (identity 1, the "
-            f"right key at the wrong moment 0).{judge}\n\n" + "\n".join(lines) + "\n")
+            f"right key at the wrong moment 0).{judge}{ceiling}\n\n" + "\n".join(lines) + "\n")

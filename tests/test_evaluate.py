@@ -87,11 +87,13 @@ def test_report_tables_come_from_the_results(tmp_path):
     results["real"] = dict(excerpts=[dict(file="/music/a.ogg", seconds=15.0, sample_rate=44100)],
                            excerpt_seconds=15.0, styles=per_style, folders=["/music"],
                            mean=dict(accuracy=51.0, content_kept=0.5),
-                           classifier_augmented_val=97.5)
+                           classifier_augmented_val=97.5,
+                           render_content_kept={s: 0.25 + k / 100 for k, s in enumerate(split.styles)})
     text = report.save(results, tmp_path)
     assert "## Real recordings" in text and "97.5%" in text and "/music" in text
     for k, style in enumerate(split.styles):
         assert f"| {style} | {50.0 + k:.1f} | 0.500 |" in text
+        assert f"| 10.0 | 4 | {0.25 + k / 100:.3f} |" in text
     real = report.save(results, tmp_path / "dev", "real")
     assert (tmp_path / "dev" / "REAL.md").read_text() == real and "| **mean** | 51.0" in real
 

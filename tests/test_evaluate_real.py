@@ -8,6 +8,7 @@ import pytest
 import soundfile as sf
 import torch
 
+import evaluate
 import evaluate_real
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +42,17 @@ def test_content_kept_identity_is_one_wrong_moment_is_zero():
     assert evaluate_real.content_kept(_chords(0, timbre="rich"), src, SR).item() > 0.6
     batch = evaluate_real.content_kept(torch.cat([src, late]), torch.cat([src, src]), SR)
     assert batch.shape == (2,) and batch[0] > 0.99 > 0.2 > abs(batch[1])
+
+
+def test_render_content_kept_is_the_measure_between_renders():
+    sine, rich, other = _chords(0)[0], _chords(0, timbre="rich")[0], _chords(1)[0]
+    split = evaluate.Split({(0, "a"): sine, (0, "b"): sine, (0, "c"): rich,
+                            (1, "a"): other, (1, "b"): other, (1, "c"): other}, ["a", "b", "c"], "val")
+    got = evaluate_real.render_content_kept(split, SR)
+    by_hand = np.mean([evaluate_real.content_kept(rich[None], sine[None], SR).item()] * 2 + [1, 1])
+    assert got["c"] == pytest.approx(by_hand, abs=1e-6) and 0.6 < got["c"] < 0.99
+    back = evaluate_real.content_kept(sine[None], rich[None], SR).item()
+    assert got["a"] == pytest.approx(np.mean([1, back, 1, 1]), abs=1e-6) == got["b"]
 
 
 def test_find_files_and_excerpts(tmp_path):
