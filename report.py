@@ -231,7 +231,7 @@ def update_readme(path, r):
 
 
 def rows_markdown(r):
-    return f"{results_table(r['transfer'])}\n\n{results_table(r['resynthesis'])}\n"
+    return "\n\n".join(results_table(r[k]) for k in ("transfer", "resynthesis") if r[k]) + "\n"
 
 
 def inversion_markdown(inv):
