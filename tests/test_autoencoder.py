@@ -21,6 +21,26 @@ def test_shapes_for_any_length(frames):
     assert recon.shape == spec.shape
 
 
+@pytest.mark.parametrize("shape", [(2, 5, 7, 9), (1, 16, 32, 1), (3, 8, 1, 12)])
+def test_subpixel_upsample_is_nearest_then_conv(shape):
+    """Upsample.forward (four 2x2 phase convs at the low resolution) against its definition,
+    nearest-neighbour x2 then the 3x3 conv, in value and in gradient."""
+    g = torch.Generator().manual_seed(sum(shape))
+    up = A.Upsample(shape[1]).double()
+    with torch.no_grad():
+        up.conv.weight.copy_(torch.randn(up.conv.weight.shape, generator=g, dtype=torch.float64))
+        up.conv.bias.copy_(torch.randn(shape[1], generator=g, dtype=torch.float64))
+    x = torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True)
+    fast, plain = up(x), up.plain(x)
+    assert fast.shape == (shape[0], shape[1], 2 * shape[2], 2 * shape[3])
+    assert (fast - plain).abs().max() < 1e-10
+    probe = torch.randn(fast.shape, generator=g, dtype=torch.float64)
+    grads = [torch.autograd.grad((y * probe).sum(), [x, up.conv.weight, up.conv.bias])
+             for y in (up(x), up.plain(x))]
+    for a, b in zip(*grads):
+        assert (a - b).abs().max() < 1e-9 * (1 + b.abs().max())
+
+
 def test_kl_zero_for_standard_normal_and_closed_form():
     moments = torch.zeros(3, 8, 4, 5)
     assert torch.allclose(A.DiagonalGaussian(moments).kl(), torch.zeros(3), atol=1e-6)
