@@ -400,7 +400,8 @@ class EvalOptions:
             raise ValueError(f"--settings {self.settings!r} is not a JSON object; give e.g. "
                              f"'{{\"mode\": \"inversion\", \"guidance\": 5}}'") from None
         teacher = bool(settings.pop("teacher", False))
-        known = {"strength", "mode", "steps", "guidance", "sampler", "warm_start", "seed"}
+        known = {"strength", "mode", "steps", "guidance", "sampler", "refine", "warm_start",
+                 "seed"}
         if set(settings) - known:
             raise ValueError(f"--settings: unknown {sorted(set(settings) - known)}; known: "
                              f"teacher, {', '.join(sorted(known))}")

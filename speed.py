@@ -62,13 +62,15 @@ def speed_table(ckpt_dir, device, split):
 
 def unet_calls(models, warm_start=transfer_lib.WARM_START, **settings):
     """U-Net evaluations per window of a transfer (classifier-free guidance's batched
-    halves count two): the inversion's, a first step refined once and warm-started steps
-    after it (diffusion.ddim_invert), then the sampler's."""
+    halves count two): the inversion's, a first step refined `refine` times and
+    warm-started steps after it (diffusion.ddim_invert), then the sampler's."""
     s = transfer_lib.defaults(models, **settings)
     T = models.ldm.sched.T
     steps = len(diffusion.ddim_timesteps(T, s["steps"], int(round(s["strength"] * (T - 1)))))
     guided = 2 if models.student is None and s["guidance"] != 1.0 else 1
-    inversion = 0 if s["mode"] != "inversion" else steps + 1 if warm_start != "off" else 2 * steps
+    r = s["refine"]                          # the first step: a guess + r refinements
+    inversion = (0 if s["mode"] != "inversion" else r + 1 + (steps - 1) * max(1, r)
+                 if warm_start != "off" else steps * (r + 1))
     return inversion + guided * steps
 
 

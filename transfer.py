@@ -50,11 +50,12 @@ STRENGTH = 0.9          # t_start / T of SDEdit or inversion: higher moves furth
 MODE = "inversion"      # or "sdedit"
 STEPS = 10              # denoising steps
 GUIDANCE = 3.0          # classifier-free guidance weight w (1 = no guidance)
+REFINE = 1              # inversion: fixed-point refinements a step (diffusion.ddim_invert)
 # The student's (distill.pt, used when present), at the steps it was distilled for, one
 # U-Net call a step (5 a window with inversion's): inverted, not from noise, because from
 # noise a real recording reaches the output only through the paired U-Net's source channels,
 # trained on renders (real set: 0.30 content kept from noise, 0.60 inverted; checkpoints/README).
-STUDENT = dict(mode="inversion", strength=0.9, guidance=4.0)
+STUDENT = dict(mode="inversion", strength=0.9, guidance=4.0, refine=1)
 WARM_START = "extrapolate"  # inversion's first guess per step (diffusion.ddim_invert)
 SEED = 0
 GRIFFIN_LIM_ITERS = 64
@@ -77,14 +78,14 @@ def defaults(models, **given):
     """The transfer's settings: those given (not None), the rest from the student's
     defaults when models has one, else the teacher's."""
     own = (dict(STUDENT, steps=models.student_steps) if models.student is not None else
-           dict(mode=MODE, strength=STRENGTH, steps=STEPS, guidance=GUIDANCE))
+           dict(mode=MODE, strength=STRENGTH, steps=STEPS, guidance=GUIDANCE, refine=REFINE))
     own["sampler"] = "ddim"
     return {k: own[k] if given.get(k) is None else given[k] for k in own}
 
 
 @torch.no_grad()
 def stylize(models, z, context, *, source_context=None, strength, mode, steps, guidance,
-            sampler="ddim", generator=None, noise=None, window=WINDOW, overlap=OVERLAP, progress=False,
+            sampler="ddim", refine=REFINE, generator=None, noise=None, window=WINDOW, overlap=OVERLAP, progress=False,
             warm_start=WARM_START):
     """A song's scaled latent (1, C, F, L) -> the same music under the style tokens
     `context` (1, M, D), as a latent (1, C, F, L).
@@ -94,7 +95,8 @@ def stylize(models, z, context, *, source_context=None, strength, mode, steps, g
     windows. SDEdit takes its noise as an argument (drawn from `generator` over the whole
     latent when None), so that one noise tensor can be shared by a song and its parts.
     Inversion needs source_context; warm_start ("extrapolate" or "previous"; "off" for
-    none: diffusion.ddim_invert) saves one U-Net call a step of it. With a student
+    none: diffusion.ddim_invert) saves one U-Net call a step of it; refine: its fixed-point
+    refinements a step (0: the first step is the classic one-call DDIM inversion step). With a student
     (models.student) guidance is its input, one call a step, and inversion runs it at w = 1.
     sampler: "ddim", or "dpm" for DPM-Solver++(2M) (diffusion.dpm_solver_sample)."""
     assert mode in ("sdedit", "inversion"), mode
@@ -112,7 +114,7 @@ def stylize(models, z, context, *, source_context=None, strength, mode, steps, g
                                   leave=False)) if progress else None
     if mode == "inversion":                  # deterministic: the conditional model alone
         x_t = diffusion.ddim_invert(net(1.0), ldm.sched, z, source_context, steps,
-                                    t_end=t_start, prediction=prediction, fixed_point_iters=1,
+                                    t_end=t_start, prediction=prediction, fixed_point_iters=refine,
                                     warm_start=warm_start, progress=bar("inverting"))
     else:
         if noise is None:
@@ -143,15 +145,15 @@ def vocode(models, spec, length, seed=SEED, start=0):
                        phase=phase.to(magnitude))
 
 
-def check_request(models, style, ref, *, strength, mode, steps, guidance, sampler):
+def check_request(models, style, ref, *, strength, mode, steps, guidance, sampler, refine):
     """User errors in a request, as one ValueError each (before any work is done); -> the
     style's name as the model spells it (names are case-insensitive)."""
     if (style is None) == (ref is None):
         raise ValueError("give a target STYLE (see --list-styles) or a --ref clip, not both")
     if style is not None:
         style = audio_io.closest(style, models.styles)
-    if not 0.0 <= strength <= 1.0 or steps < 1 or guidance < 0:
-        raise ValueError("need 0 <= strength <= 1, steps >= 1 and guidance >= 0")
+    if not 0.0 <= strength <= 1.0 or steps < 1 or guidance < 0 or refine < 0:
+        raise ValueError("need 0 <= strength <= 1, steps >= 1, guidance >= 0 and refine >= 0")
     if mode not in ("sdedit", "inversion") or sampler not in ("ddim", "dpm"):
         raise ValueError(f"unknown mode {mode!r} or sampler {sampler!r}; use 'sdedit' or "
                          f"'inversion', 'ddim' or 'dpm'")
@@ -184,7 +186,8 @@ def blocks(models, sr, N):
 
 
 def transfer_stream(source, write, style=None, *, models, ref=None, strength=None,
-                    mode=None, steps=None, guidance=None, sampler=None, seed=SEED, mono=False,
+                    mode=None, steps=None, guidance=None, sampler=None, refine=None, seed=SEED,
+                    mono=False,
                     progress=True, warm_start=WARM_START, stopwatch=no_stopwatch):
     """transfer() over an audio_io.Source read in blocks, each output block passed to
     write((samples, channels) float32) in order: memory stays flat for any length (the
@@ -192,7 +195,7 @@ def transfer_stream(source, write, style=None, *, models, ref=None, strength=Non
     source is silent (then silence was written, and no model ran). Settings left None
     take transfer.defaults(models)."""
     settings = defaults(models, strength=strength, mode=mode, steps=steps, guidance=guidance,
-                        sampler=sampler)
+                        sampler=sampler, refine=refine)
     style = check_request(models, style, ref, **settings)
     a, dev, f, scale, ae = (models.cfg.audio, models.device, models.autoencoder.factor,
                             models.latent_scale, models.autoencoder)
@@ -275,7 +278,7 @@ def transfer_stream(source, write, style=None, *, models, ref=None, strength=Non
 
 
 def transfer(wave, sr, style=None, *, ref=None, strength=None, mode=None, steps=None,
-             guidance=None, sampler=None, vocoder=None, seed=SEED, device="cpu",
+             guidance=None, sampler=None, refine=None, vocoder=None, seed=SEED, device="cpu",
              ckpt_dir=CKPT_DIR,
              progress=True, models=None, warm_start=WARM_START, stopwatch=no_stopwatch,
              mono=False):
@@ -289,8 +292,9 @@ def transfer(wave, sr, style=None, *, ref=None, strength=None, mode=None, steps=
     source = audio_io.Source(wave, sr)
     out = []
     transfer_stream(source, out.append, style, models=models, ref=ref, strength=strength,
-                    mode=mode, steps=steps, guidance=guidance, sampler=sampler, seed=seed,
-                    mono=mono, progress=progress, warm_start=warm_start, stopwatch=stopwatch)
+                    mode=mode, steps=steps, guidance=guidance, sampler=sampler, refine=refine,
+                    seed=seed, mono=mono, progress=progress, warm_start=warm_start,
+                    stopwatch=stopwatch)
     out = np.concatenate(out)
     return (out[:, 0] if np.ndim(wave) == 1 or mono else out), sr
 
@@ -330,6 +334,8 @@ def build_parser():
                    f"{STUDENT['guidance']} with the student, {GUIDANCE} with --teacher)")
     p.add_argument("--sampler", choices=("ddim", "dpm"), help="DDIM (default) or "
                    "DPM-Solver++(2M), a second-order solver that pays with many steps")
+    p.add_argument("--refine", type=int, help="inversion: fixed-point refinements a step "
+                   f"(default {STUDENT['refine']} with the student, {REFINE} with --teacher)")
     p.add_argument("--teacher", action="store_true", help="use ldm.pt itself, not its "
                    "few-step student distill.pt (when there is one): slower")
     p.add_argument("--vocoder", choices=("guidediff", "griffinlim"),
@@ -397,7 +403,7 @@ def transfer_file(models, source, out, fmt, args, style, ref, plot_path=None):
         sounded = transfer_stream(source, write, style, models=models, ref=ref,
                                   strength=args.strength, mode=args.mode, steps=args.steps,
                                   guidance=args.guidance, sampler=args.sampler,
-                                  seed=args.seed, mono=args.mono,
+                                  refine=args.refine, seed=args.seed, mono=args.mono,
                                   warm_start=args.warm_start, stopwatch=stopwatch)
     if not sounded:
         print(f"warning: {path} is silent; wrote silence to {out}", file=sys.stderr)
@@ -426,7 +432,7 @@ def run(args):
                          bf16=not args.fp32, teacher=args.teacher)
     style = check_request(models, style, ref, **defaults(
         models, strength=args.strength, mode=args.mode, steps=args.steps,
-        guidance=args.guidance, sampler=args.sampler))
+        guidance=args.guidance, sampler=args.sampler, refine=args.refine))
     name = style or Path(args.ref).stem
     inputs = audio_io.find_inputs(items, [f".{s}{e}".lower() for s in models.styles
                                           for e in data.AUDIO_EXTS])

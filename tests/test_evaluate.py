@@ -166,6 +166,9 @@ def test_readme_block_is_replaced_and_nothing_else(tmp_path):
 
 @pytest.mark.parametrize("settings", [dict(), dict(mode="sdedit", strength=1.0, steps=4),
                                       dict(mode="inversion", steps=3, warm_start="off"),
+                                      dict(mode="inversion", steps=4, refine=0),
+                                      dict(mode="inversion", steps=3, refine=2),
+                                      dict(mode="inversion", steps=2, refine=0, warm_start="off"),
                                       dict(mode="sdedit", steps=2, guidance=1.0)])
 def test_unet_calls_counts_what_transfer_runs(settings):
     models = transfer.load_models(CKPT, teacher=True)
