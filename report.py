@@ -56,10 +56,10 @@ def provenance(command, ckpt_dir):
 
 class Keep:
     """`--stage eval --resume`: each finished row (or table) of a run is kept as a JSON file
-    in `folder`, named after the commit, the checkpoints, the run's options (a dict) and the row, so that a
-    run stopped part way (a session's end) goes on where it stopped. Needs a clean checkout:
-    the commit alone then says which code made a row. keep(name, compute) -> compute()'s
-    value, or the one kept by an earlier sitting of this run."""
+    in `folder`, named after the commit, the checkpoints, the run's options (a dict) and
+    the row, so that a run stopped part way (a session's end) goes on where it stopped.
+    Needs a clean checkout: the commit alone then says which code made a row.
+    keep(name, compute) -> compute()'s value, or the one kept by an earlier sitting."""
 
     def __init__(self, folder=None, provenance=None, options=None):
         if folder and provenance["commit"].endswith("+changes"):

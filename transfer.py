@@ -54,7 +54,7 @@ REFINE = 1              # inversion: fixed-point refinements a step (diffusion.d
 # The student's (distill.pt, used when present), at the steps it was distilled for, one
 # U-Net call a step (5 a window with inversion's): inverted, not from noise, because from
 # noise a real recording reaches the output only through the paired U-Net's source channels,
-# trained on renders (real set: 0.30 content kept from noise, 0.60 inverted; checkpoints/README).
+# trained on renders (real set: 0.30 content kept from noise, 0.58 inverted; checkpoints/README).
 STUDENT = dict(mode="inversion", strength=0.9, guidance=4.0, refine=1)
 WARM_START = "extrapolate"  # inversion's first guess per step (diffusion.ddim_invert)
 SEED = 0
@@ -85,8 +85,8 @@ def defaults(models, **given):
 
 @torch.no_grad()
 def stylize(models, z, context, *, source_context=None, strength, mode, steps, guidance,
-            sampler="ddim", refine=REFINE, generator=None, noise=None, window=WINDOW, overlap=OVERLAP, progress=False,
-            warm_start=WARM_START):
+            sampler="ddim", refine=REFINE, generator=None, noise=None, window=WINDOW,
+            overlap=OVERLAP, progress=False, warm_start=WARM_START):
     """A song's scaled latent (1, C, F, L) -> the same music under the style tokens
     `context` (1, M, D), as a latent (1, C, F, L).
 
@@ -96,8 +96,9 @@ def stylize(models, z, context, *, source_context=None, strength, mode, steps, g
     latent when None), so that one noise tensor can be shared by a song and its parts.
     Inversion needs source_context; warm_start ("extrapolate" or "previous"; "off" for
     none: diffusion.ddim_invert) saves one U-Net call a step of it; refine: its fixed-point
-    refinements a step (0: the first step is the classic one-call DDIM inversion step). With a student
-    (models.student) guidance is its input, one call a step, and inversion runs it at w = 1.
+    refinements a step (0: the first step is the classic one-call DDIM inversion step).
+    With a student (models.student) guidance is its input, one call a step, and inversion
+    runs it at w = 1.
     sampler: "ddim", or "dpm" for DPM-Solver++(2M) (diffusion.dpm_solver_sample)."""
     assert mode in ("sdedit", "inversion"), mode
     ldm, student = models.ldm, models.student
@@ -114,8 +115,9 @@ def stylize(models, z, context, *, source_context=None, strength, mode, steps, g
                                   leave=False)) if progress else None
     if mode == "inversion":                  # deterministic: the conditional model alone
         x_t = diffusion.ddim_invert(net(1.0), ldm.sched, z, source_context, steps,
-                                    t_end=t_start, prediction=prediction, fixed_point_iters=refine,
-                                    warm_start=warm_start, progress=bar("inverting"))
+                                    t_end=t_start, prediction=prediction,
+                                    fixed_point_iters=refine, warm_start=warm_start,
+                                    progress=bar("inverting"))
     else:
         if noise is None:
             noise = torch.randn(z.shape, generator=generator)
@@ -187,8 +189,7 @@ def blocks(models, sr, N):
 
 def transfer_stream(source, write, style=None, *, models, ref=None, strength=None,
                     mode=None, steps=None, guidance=None, sampler=None, refine=None, seed=SEED,
-                    mono=False,
-                    progress=True, warm_start=WARM_START, stopwatch=no_stopwatch):
+                    mono=False, progress=True, warm_start=WARM_START, stopwatch=no_stopwatch):
     """transfer() over an audio_io.Source read in blocks, each output block passed to
     write((samples, channels) float32) in order: memory stays flat for any length (the
     whole song is held only as its latent, 4 x 32 floats per 64 ms). Returns False when the

@@ -88,7 +88,8 @@ def test_report_tables_come_from_the_results(tmp_path):
                            excerpt_seconds=15.0, styles=per_style, folders=["/music"],
                            mean=dict(accuracy=51.0, content_kept=0.5),
                            classifier_augmented_val=97.5,
-                           render_content_kept={s: 0.25 + k / 100 for k, s in enumerate(split.styles)})
+                           render_content_kept={s: 0.25 + k / 100
+                                                for k, s in enumerate(split.styles)})
     text = report.save(results, tmp_path)
     assert "## Real recordings" in text and "97.5%" in text and "/music" in text
     for k, style in enumerate(split.styles):

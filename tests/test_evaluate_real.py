@@ -47,7 +47,8 @@ def test_content_kept_identity_is_one_wrong_moment_is_zero():
 def test_render_content_kept_is_the_measure_between_renders():
     sine, rich, other = _chords(0)[0], _chords(0, timbre="rich")[0], _chords(1)[0]
     split = evaluate.Split({(0, "a"): sine, (0, "b"): sine, (0, "c"): rich,
-                            (1, "a"): other, (1, "b"): other, (1, "c"): other}, ["a", "b", "c"], "val")
+                            (1, "a"): other, (1, "b"): other, (1, "c"): other},
+                           ["a", "b", "c"], "val")
     got = evaluate_real.render_content_kept(split, SR)
     by_hand = np.mean([evaluate_real.content_kept(rich[None], sine[None], SR).item()] * 2 + [1, 1])
     assert got["c"] == pytest.approx(by_hand, abs=1e-6) and 0.6 < got["c"] < 0.99

@@ -218,7 +218,8 @@ def test_mel_pinv_matches_numpy(sr, n_fft, n_mels):
     assert np.abs(lm.mel_pinv.double().numpy() - reference).max() < 1e-5 * np.abs(reference).max()
     lm64 = lm.double()
     assert lm64.mel_pinv.dtype == torch.float64
-    np.testing.assert_allclose(lm64.mel_pinv.numpy(), reference, rtol=0, atol=1e-9 * np.abs(reference).max())
+    np.testing.assert_allclose(lm64.mel_pinv.numpy(), reference, rtol=0,
+                               atol=1e-9 * np.abs(reference).max())
 
 
 def test_mel_to_magnitude_recovers_mel_projection():
