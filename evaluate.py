@@ -313,9 +313,12 @@ def inversion_round_trips(models, split, strength=transfer_lib.STRENGTH,
     t_end = int(round(strength * (ldm.sched.T - 1)))
     calls, rows = [], {}
 
+    def net(x_t, t, c):                      # a paired U-Net also sees the source latent
+        return ldm.unet(torch.cat([x_t, z.to(x_t)], 1) if ldm.paired else x_t, t, c)
+
     def unet(*a):
         calls.append(1)
-        return ldm.unet(*a)
+        return net(*a)
     for warm_start in tqdm(diffusion.WARM_STARTS, desc="inversion round trips"):
         calls.clear()
         with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=models.bf16):
@@ -323,7 +326,7 @@ def inversion_round_trips(models, split, strength=transfer_lib.STRENGTH,
                                         prediction=ldm.c.prediction, fixed_point_iters=1,
                                         warm_start=warm_start)
             n_calls = len(calls)
-            back = diffusion.ddim_sample(ldm.unet, ldm.sched, x_t.float(), context, steps,
+            back = diffusion.ddim_sample(net, ldm.sched, x_t.float(), context, steps,
                                          t_start=t_end, prediction=ldm.c.prediction).float()
         rows[warm_start] = dict(calls=n_calls, error=((back - z).norm() / z.norm()).item())
     return dict(rows=rows, latents=len(keys), steps=steps, strength=strength, seconds=seconds)

@@ -178,3 +178,15 @@ def test_unet_calls_counts_what_transfer_runs(settings):
     wave = np.random.default_rng(0).standard_normal(SR).astype(np.float32) * 0.1
     transfer.transfer(wave, SR, "rock", models=models, progress=False, **settings)
     assert sum(seen) == speed.unet_calls(models, **settings)
+
+
+@pytest.mark.skipif(not (CKPT / "ldm.pt").is_file(), reason="no committed checkpoints")
+def test_inversion_round_trips_run_the_committed_paired_ldm():
+    models = transfer.load_models(CKPT, teacher=True)
+    g = torch.Generator().manual_seed(0)
+    split = evaluate.Split({(0, s): 0.1 * torch.randn(SR, generator=g) for s in models.styles[:2]},
+                           models.styles[:2], "val")
+    r = evaluate.inversion_round_trips(models, split, steps=2, seconds=1.0)
+    assert {k: v["calls"] for k, v in r["rows"].items()} == {"off": 4, "previous": 3,
+                                                             "extrapolate": 3}
+    assert all(0 <= v["error"] < 1 for v in r["rows"].values()) and r["latents"] == 2
