@@ -1,4 +1,4 @@
-"""The evaluation: the systems it scores, how it scores them, and the results it writes.
+"""The evaluation: the systems it scores (metrics.score_system scores them), and the run.
 
     python train.py --stage eval      -> results/results.json and results/RESULTS.md
 
@@ -9,7 +9,7 @@ results/sweep.json and SWEEP.md of its own. The transfer row is `transfer.transf
 its defaults, the function `python transfer.py` runs, so the table measures what users get.
 
     system(wave (N,), source style, target style, piece) -> wave (N',) or (wave, seconds)
-    score_system(system, split, judge) -> {metric: value}, over every ordered style pair
+    metrics.score_system(system, split, judge) -> {metric: value}, over every ordered style pair
 """
 import json
 import re
@@ -17,7 +17,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -30,42 +29,13 @@ import metrics
 import report
 import speed
 import transfer as transfer_lib
-from stft import LogMel, griffin_lim, mrstft_distance
+from stft import LogMel, griffin_lim
 
 EVAL_PIECES = 12         # pieces of each split scored: 360 transfers of 12 s, about an hour
-FAD_DIMS = 16            # FAD-C in the top principal directions of the train split's embeddings
-WINDOW_SECONDS = 4.0     # the classifier's clip: outputs are judged in windows of this length
 GRIFFIN_LIM_ITERS = 64
 VOCODER_STEPS = (1, 2, 4, 8)             # GuideDiff tuning rows (val): steps at the default
 PROJECTION_ROWS = (0, 4, 8, 16, 32)       # projections, and projections at the default steps
 SWEEP = dict(mode=("sdedit", "inversion"), strength=(0.5, 0.7, 0.9, 1.0), guidance=(1.0, 3.0, 5.0))
-
-
-@dataclass
-class Judge:
-    """What scoring needs besides the system: the style classifier and its log-mel, the
-    score of every piece (note events), and the PCA basis FAD-C is taken in."""
-    classifier: torch.nn.Module
-    logmel: torch.nn.Module
-    sample_rate: int
-    scores: dict                    # piece id -> note events (metadata.json)
-    basis: tuple = None             # (mean, components), metrics.pca_basis
-
-    def embed(self, wave):
-        return metrics.window_embeddings(self.classifier, self.logmel, wave,
-                                         int(WINDOW_SECONDS * self.sample_rate))
-
-
-@dataclass
-class Split:
-    """A paired split: {(piece, style): wave (N,)}, its styles and name."""
-    waves: dict
-    styles: list
-    name: str
-
-    @property
-    def pieces(self):
-        return sorted({p for p, _ in self.waves})
 
 
 # ---------------------------------------------------------------- loading
@@ -82,7 +52,7 @@ def load_split(root, name, sample_rate, styles, pieces=None, seconds=None):
                          f"retrain it with `python train.py --stage classifier`")
     if seconds:
         waves = {k: w[:int(seconds * sample_rate)] for k, w in waves.items()}
-    return Split(waves, styles, name)
+    return metrics.Split(waves, styles, name)
 
 
 def load_scores(root):
@@ -213,85 +183,11 @@ def baseline_systems(ckpt_dir, cfg, logmel, split):
 
 
 # ---------------------------------------------------------------- scoring
-def set_distances(emb_out, emb_ref, basis):
-    """(FAD-C in the PCA basis, KID) between two sets of embeddings of equal size."""
-    mean, components = basis
-    return (metrics.frechet_distance((emb_out - mean) @ components, (emb_ref - mean) @ components),
-            metrics.kernel_inception_distance(emb_out, emb_ref))
-
-
-@torch.no_grad()
-def score_system(system, split, judge, resynthesis=False):
-    """Score `system` on every piece of the split and every ordered pair of distinct styles
-    (resynthesis: every style to itself, no content-vs-source column). A system with a
-    .pairs attribute (a set of (source, target)) is scored on those pairs only.
-
-    Per output: style accuracy, chroma against the target's ground truth and the source,
-    notes kept (chroma against the score), spectral distances. Per style pair: FAD-C and
-    KID between the outputs' window embeddings and the target's ground truth in the same
-    pieces: the same number of distinct embeddings on both sides; then averaged over pairs."""
-    stats = {k: [] for k in ("correct", "content_target", "content_source", "notes_kept",
-                             "logmel_l1", "mrstft", "lsd")}
-    sets, compute, audio_seconds = {}, 0.0, 0.0
-    pairs, sr = getattr(system, "pairs", None), judge.sample_rate
-    for piece in split.pieces:
-        for src in split.styles:
-            for tgt in ([src] if resynthesis else [t for t in split.styles if t != src]):
-                if pairs is not None and (src, tgt) not in pairs:
-                    continue
-                t0 = time.perf_counter()
-                out = system(split.waves[piece, src], src, tgt, piece)
-                seconds = time.perf_counter() - t0
-                if isinstance(out, tuple):      # a system that shares work between calls
-                    out, seconds = out          # reports each output's share of it
-                compute += seconds
-                out, ref = metrics.crop_pair(out[None].float(), split.waves[piece, tgt][None])
-                source = split.waves[piece, src][None]
-                spec_out = judge.logmel(out)
-                label = judge.classifier(spec_out).argmax(-1).item()
-                stats["correct"].append(float(label == split.styles.index(tgt)))
-                emb = sets.setdefault((src, tgt), ([], []))
-                emb[0].append(judge.embed(out[0]))
-                emb[1].append(judge.embed(ref[0]))
-                stats["content_target"].append(metrics.content_similarity(out, ref, sr).item())
-                stats["content_source"].append(metrics.content_similarity(out, source, sr).item())
-                roll = metrics.pitch_class_roll(judge.scores[piece],
-                                                metrics.chroma(out, sr).shape[-1], sr)
-                stats["notes_kept"].append(metrics.notes_kept(out, roll, sr).item())
-                stats["logmel_l1"].append(metrics.logmel_l1(spec_out, judge.logmel(ref)).item())
-                stats["mrstft"].append(mrstft_distance(ref, out).item())
-                stats["lsd"].append(metrics.log_spectral_distance(ref, out).item())
-                audio_seconds += ref.shape[-1] / sr
-    result = {k: float(np.mean(v)) for k, v in stats.items()}
-    result["style_accuracy"] = 100 * result.pop("correct")
-    if resynthesis:
-        result.pop("content_source")
-    fad, kid = zip(*(set_distances(np.concatenate(o), np.concatenate(r), judge.basis)
-                     for o, r in sets.values()))
-    result.update(fad_c=float(np.mean(fad)), kid=float(np.mean(kid)),
-                  set_size=len(np.concatenate(next(iter(sets.values()))[0])),
-                  rtf=compute / audio_seconds, outputs=len(stats["lsd"]))
-    return result
-
-
-def fad_basis_and_floor(test, train, judge):
-    """The PCA basis of FAD-C (fitted on the train split's ground truth, all styles) and the
-    floor: FAD-C and KID between the test and train ground truth of each style, as many
-    pieces on both sides, averaged over styles: what two honest samples of a style score."""
-    emb = {k: judge.embed(w) for k, w in train.waves.items()}
-    judge.basis = metrics.pca_basis(np.concatenate(list(emb.values())), FAD_DIMS)
-    fad, kid = zip(*(set_distances(
-        np.concatenate([judge.embed(w) for (_, s), w in test.waves.items() if s == style]),
-        np.concatenate([e for (_, s), e in emb.items() if s == style]), judge.basis)
-        for style in test.styles))
-    return dict(fad_c=float(np.mean(fad)), kid=float(np.mean(kid)), dims=FAD_DIMS)
-
-
 def score_rows(systems, split, judge, resynthesis=False, references=(), keep=report.Keep()):
     rows = {}
     for name, system in tqdm(systems.items(), desc=f"scoring on {split.name}"):
         rows[name] = keep(f"{split.name} {resynthesis} {name}",
-                          lambda: score_system(system, split, judge, resynthesis))
+                          lambda: metrics.score_system(system, split, judge, resynthesis))
         if name in references:              # returning stored audio costs nothing
             rows[name].pop("rtf", None)
     return rows
@@ -338,9 +234,9 @@ def sweep(models, split, judge):
     sr = models.cfg.audio.sample_rate
     settings = [dict(mode=m, strength=s, guidance=g)
                 for m in SWEEP["mode"] for s in SWEEP["strength"] for g in SWEEP["guidance"]]
-    rows = [dict(s, **score_system(transfer_system(models, sr, **s), split, judge))
+    rows = [dict(s, **metrics.score_system(transfer_system(models, sr, **s), split, judge))
             for s in tqdm(settings, desc=f"sweep on {split.name}")]
-    identity = score_system(lambda w, s, t, p: w, split, judge)
+    identity = metrics.score_system(lambda w, s, t, p: w, split, judge)
     return dict(rows=rows, identity=identity, pick=best_setting(rows),
                 pieces=len(split.pieces), seconds=len(next(iter(split.waves.values()))) / sr)
 
@@ -414,7 +310,7 @@ class EvalOptions:
 def setup(opts, command):
     """What every evaluation run starts from: (provenance, judge, styles, config)."""
     classifier, styles, cfg = load_classifier(opts.ckpt_dir)
-    judge = Judge(classifier, LogMel(**asdict(cfg.audio)), cfg.audio.sample_rate,
+    judge = metrics.Judge(classifier, LogMel(**asdict(cfg.audio)), cfg.audio.sample_rate,
                   load_scores(opts.data))
     return report.provenance(command, opts.ckpt_dir), judge, styles, cfg
 
@@ -432,7 +328,7 @@ def evaluate(opts, command):
     sr, logmel = cfg.audio.sample_rate, judge.logmel
     main = load_split(opts.data, opts.split, sr, styles, opts.pieces or EVAL_PIECES, opts.seconds)
     train = load_split(opts.data, "train", sr, styles, len(main.pieces), opts.seconds)
-    floor = fad_basis_and_floor(main, train, judge)
+    floor = metrics.fad_basis_and_floor(main, train, judge)
     models = transfer_lib.load_models(opts.ckpt_dir, device=opts.device)
     transfer_rows, resynthesis_rows = reference_systems(main, logmel, cfg.audio)
     references = set(transfer_rows)         # stored audio: no compute to time
@@ -495,7 +391,7 @@ def evaluate_sweep(opts, command, pieces=2, seconds=4.0):
     provenance, judge, styles, cfg = setup(opts, command)
     sr = cfg.audio.sample_rate
     val = load_split(opts.data, "val", sr, styles, opts.pieces or pieces, seconds)
-    fad_basis_and_floor(val, load_split(opts.data, "train", sr, styles, len(val.pieces),
+    metrics.fad_basis_and_floor(val, load_split(opts.data, "train", sr, styles, len(val.pieces),
                                         seconds), judge)
     models = transfer_lib.load_models(opts.ckpt_dir, device=opts.device)
     return dict(provenance, sweep=sweep(models, val, judge),

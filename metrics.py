@@ -8,10 +8,12 @@ style and against the notes of the piece.
     StyleClassifier: spec (B, 1, n_mels, T) -> logits (B, n_styles), embedding (B, emb_dim)
     per-item metrics: waves (B, N) or specs (B, 1, n_mels, T) -> (B,)
     set metrics (FAD-C, KID): embeddings (N, D) x (M, D) -> one number
+    score_system(system, split, judge) -> {metric: value}, over every ordered style pair
 """
 import contextlib
 import statistics
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
@@ -20,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import config
-from stft import stft
+from stft import mrstft_distance, stft
 
 
 # ---------------------------------------------------------------- the style classifier
@@ -266,3 +268,108 @@ class Stopwatch:
 
 def no_stopwatch(stage):
     return contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------- scoring a system on a split
+FAD_DIMS = 16            # FAD-C in the top principal directions of the train split's embeddings
+WINDOW_SECONDS = 4.0     # the classifier's clip: outputs are judged in windows of this length
+
+
+@dataclass
+class Judge:
+    """What scoring needs besides the system: the style classifier and its log-mel, the
+    score of every piece (note events), and the PCA basis FAD-C is taken in."""
+    classifier: torch.nn.Module
+    logmel: torch.nn.Module
+    sample_rate: int
+    scores: dict                    # piece id -> note events (metadata.json)
+    basis: tuple = None             # (mean, components), pca_basis
+
+    def embed(self, wave):
+        return window_embeddings(self.classifier, self.logmel, wave,
+                                 int(WINDOW_SECONDS * self.sample_rate))
+
+
+@dataclass
+class Split:
+    """A paired split: {(piece, style): wave (N,)}, its styles and name."""
+    waves: dict
+    styles: list
+    name: str
+
+    @property
+    def pieces(self):
+        return sorted({p for p, _ in self.waves})
+
+
+def set_distances(emb_out, emb_ref, basis):
+    """(FAD-C in the PCA basis, KID) between two sets of embeddings of equal size."""
+    mean, components = basis
+    return (frechet_distance((emb_out - mean) @ components, (emb_ref - mean) @ components),
+            kernel_inception_distance(emb_out, emb_ref))
+
+
+@torch.no_grad()
+def score_system(system, split, judge, resynthesis=False):
+    """Score `system` on every piece of the split and every ordered pair of distinct styles
+    (resynthesis: every style to itself, no content-vs-source column). A system with a
+    .pairs attribute (a set of (source, target)) is scored on those pairs only.
+
+    Per output: style accuracy, chroma against the target's ground truth and the source,
+    notes kept (chroma against the score), spectral distances. Per style pair: FAD-C and
+    KID between the outputs' window embeddings and the target's ground truth in the same
+    pieces: the same number of distinct embeddings on both sides; then averaged over pairs."""
+    stats = {k: [] for k in ("correct", "content_target", "content_source", "notes_kept",
+                             "logmel_l1", "mrstft", "lsd")}
+    sets, compute, audio_seconds = {}, 0.0, 0.0
+    pairs, sr = getattr(system, "pairs", None), judge.sample_rate
+    for piece in split.pieces:
+        for src in split.styles:
+            for tgt in ([src] if resynthesis else [t for t in split.styles if t != src]):
+                if pairs is not None and (src, tgt) not in pairs:
+                    continue
+                t0 = time.perf_counter()
+                out = system(split.waves[piece, src], src, tgt, piece)
+                seconds = time.perf_counter() - t0
+                if isinstance(out, tuple):      # a system that shares work between calls
+                    out, seconds = out          # reports each output's share of it
+                compute += seconds
+                out, ref = crop_pair(out[None].float(), split.waves[piece, tgt][None])
+                source = split.waves[piece, src][None]
+                spec_out = judge.logmel(out)
+                label = judge.classifier(spec_out).argmax(-1).item()
+                stats["correct"].append(float(label == split.styles.index(tgt)))
+                emb = sets.setdefault((src, tgt), ([], []))
+                emb[0].append(judge.embed(out[0]))
+                emb[1].append(judge.embed(ref[0]))
+                stats["content_target"].append(content_similarity(out, ref, sr).item())
+                stats["content_source"].append(content_similarity(out, source, sr).item())
+                roll = pitch_class_roll(judge.scores[piece], chroma(out, sr).shape[-1], sr)
+                stats["notes_kept"].append(notes_kept(out, roll, sr).item())
+                stats["logmel_l1"].append(logmel_l1(spec_out, judge.logmel(ref)).item())
+                stats["mrstft"].append(mrstft_distance(ref, out).item())
+                stats["lsd"].append(log_spectral_distance(ref, out).item())
+                audio_seconds += ref.shape[-1] / sr
+    result = {k: float(np.mean(v)) for k, v in stats.items()}
+    result["style_accuracy"] = 100 * result.pop("correct")
+    if resynthesis:
+        result.pop("content_source")
+    fad, kid = zip(*(set_distances(np.concatenate(o), np.concatenate(r), judge.basis)
+                     for o, r in sets.values()))
+    result.update(fad_c=float(np.mean(fad)), kid=float(np.mean(kid)),
+                  set_size=len(np.concatenate(next(iter(sets.values()))[0])),
+                  rtf=compute / audio_seconds, outputs=len(stats["lsd"]))
+    return result
+
+
+def fad_basis_and_floor(test, train, judge):
+    """The PCA basis of FAD-C (fitted on the train split's ground truth, all styles) and the
+    floor: FAD-C and KID between the test and train ground truth of each style, as many
+    pieces on both sides, averaged over styles: what two honest samples of a style score."""
+    emb = {k: judge.embed(w) for k, w in train.waves.items()}
+    judge.basis = pca_basis(np.concatenate(list(emb.values())), FAD_DIMS)
+    fad, kid = zip(*(set_distances(
+        np.concatenate([judge.embed(w) for (_, s), w in test.waves.items() if s == style]),
+        np.concatenate([e for (_, s), e in emb.items() if s == style]), judge.basis)
+        for style in test.styles))
+    return dict(fad_c=float(np.mean(fad)), kid=float(np.mean(kid)), dims=FAD_DIMS)

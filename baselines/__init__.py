@@ -14,7 +14,7 @@ Each module defines
     KIND = "transfer" or "vocoder"
     train(args, cfg, kit): train on args.data, write CKPT_DIR/baselines/<NAME>.pt
     systems(ckpt_dir, cfg, logmel, styles, waves): {row name: system} for
-        evaluate.score_system, or {} when its checkpoint is missing; waves are the test clips
+        metrics.score_system, or {} when its checkpoint is missing; waves are the test clips
         ({(piece, style): wave}) the rows will be asked for. A transfer system may set .pairs (a set of
         (source, target) style pairs) to be scored on those pairs only.
 `kit` carries train.py's shared pieces (train_loop, its options from args, audio_splits,

@@ -29,15 +29,15 @@ def _split_and_judge(pieces=("p0", "p1"), styles=("a", "b", "c")):
     classifier = metrics.StyleClassifier(len(styles), channels=(8, 8, 8, 8), emb_dim=4).eval()
     scores = {p: [dict(role="melody", pitch=60 + i, start=0.0, end=2.0)] for i, p in
               enumerate(pieces)}
-    judge = evaluate.Judge(classifier, LogMel(), SR, scores, basis=(np.zeros(4), np.eye(4)[:, :2]))
-    return evaluate.Split(waves, list(styles), "test"), judge
+    judge = metrics.Judge(classifier, LogMel(), SR, scores, basis=(np.zeros(4), np.eye(4)[:, :2]))
+    return metrics.Split(waves, list(styles), "test"), judge
 
 
 def test_score_system_reference_rows(monkeypatch):
-    monkeypatch.setattr(evaluate, "WINDOW_SECONDS", 0.5)      # 4 windows a clip
+    monkeypatch.setattr(metrics, "WINDOW_SECONDS", 0.5)      # 4 windows a clip
     split, judge = _split_and_judge()
-    oracle = evaluate.score_system(lambda w, s, t, p: split.waves[p, t], split, judge)
-    identity = evaluate.score_system(lambda w, s, t, p: w, split, judge)
+    oracle = metrics.score_system(lambda w, s, t, p: split.waves[p, t], split, judge)
+    identity = metrics.score_system(lambda w, s, t, p: w, split, judge)
     assert oracle["outputs"] == 2 * 3 * 2 and oracle["set_size"] == 2 * 4
     assert oracle["content_target"] == pytest.approx(1.0, abs=1e-5)
     assert oracle["logmel_l1"] == 0 and oracle["lsd"] == 0 and oracle["fad_c"] < 1e-6
@@ -46,12 +46,12 @@ def test_score_system_reference_rows(monkeypatch):
     assert identity["logmel_l1"] > 0.1 and identity["fad_c"] > 0
     # The same outputs give the same notes kept, whatever the pair.
     assert oracle["notes_kept"] == pytest.approx(identity["notes_kept"], abs=1e-6)
-    resynth = evaluate.score_system(lambda w, s, t, p: 0.5 * w, split, judge, resynthesis=True)
+    resynth = metrics.score_system(lambda w, s, t, p: 0.5 * w, split, judge, resynthesis=True)
     assert resynth["outputs"] == 2 * 3 and "content_source" not in resynth
     assert resynth["lsd"] == pytest.approx(20 * math.log10(2), abs=1e-3)  # half amplitude
     one_pair = lambda w, s, t, p: w                            # noqa: E731
     one_pair.pairs = {("a", "b"), ("b", "a")}
-    assert evaluate.score_system(one_pair, split, judge)["outputs"] == 2 * 2
+    assert metrics.score_system(one_pair, split, judge)["outputs"] == 2 * 2
 
 
 def test_best_setting_keeps_the_most_notes_among_those_that_change_the_style():
@@ -66,7 +66,7 @@ def test_best_setting_keeps_the_most_notes_among_those_that_change_the_style():
 
 def test_report_tables_come_from_the_results(tmp_path):
     split, judge = _split_and_judge()
-    rows = {"identity": evaluate.score_system(lambda w, s, t, p: w, split, judge)}
+    rows = {"identity": metrics.score_system(lambda w, s, t, p: w, split, judge)}
     results = dict(command="python train.py --stage eval", commit="abc+changes",
                    machine=dict(cpu="cpu", cores=2, threads=2, torch="x",
                                 matmul_gflops_fp32=100.0, matmul_gflops_bf16=300.0),
@@ -147,7 +147,7 @@ def test_the_transfer_row_is_transfer_itself():
 def test_readme_block_is_replaced_and_nothing_else(tmp_path):
     split, judge = _split_and_judge()
     rows = {"oracle (target-style ground truth)":
-            evaluate.score_system(lambda w, s, t, p: split.waves[p, t], split, judge)}
+            metrics.score_system(lambda w, s, t, p: split.waves[p, t], split, judge)}
     results = dict(command="python train.py --stage eval", commit="f" * 40,
                    machine=dict(cpu="cpu", cores=2, threads=2, torch="x",
                                 matmul_gflops_fp32=100.0, matmul_gflops_bf16=300.0),
@@ -184,7 +184,7 @@ def test_unet_calls_counts_what_transfer_runs(settings):
 def test_inversion_round_trips_run_the_committed_paired_ldm():
     models = transfer.load_models(CKPT, teacher=True)
     g = torch.Generator().manual_seed(0)
-    split = evaluate.Split({(0, s): 0.1 * torch.randn(SR, generator=g) for s in models.styles[:2]},
+    split = metrics.Split({(0, s): 0.1 * torch.randn(SR, generator=g) for s in models.styles[:2]},
                            models.styles[:2], "val")
     r = evaluate.inversion_round_trips(models, split, steps=2, seconds=1.0)
     assert {k: v["calls"] for k, v in r["rows"].items()} == {"off": 4, "previous": 3,

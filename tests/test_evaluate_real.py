@@ -8,8 +8,8 @@ import pytest
 import soundfile as sf
 import torch
 
-import evaluate
 import evaluate_real
+import metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 SR = 16000
@@ -46,7 +46,7 @@ def test_content_kept_identity_is_one_wrong_moment_is_zero():
 
 def test_render_content_kept_is_the_measure_between_renders():
     sine, rich, other = _chords(0)[0], _chords(0, timbre="rich")[0], _chords(1)[0]
-    split = evaluate.Split({(0, "a"): sine, (0, "b"): sine, (0, "c"): rich,
+    split = metrics.Split({(0, "a"): sine, (0, "b"): sine, (0, "c"): rich,
                             (1, "a"): other, (1, "b"): other, (1, "c"): other},
                            ["a", "b", "c"], "val")
     got = evaluate_real.render_content_kept(split, SR)
