@@ -94,6 +94,7 @@ def load_models(ckpt_dir=CKPT_DIR, vocoder=None, device="cpu", compile=False, bf
     for module in (models.logmel, autoencoder, ldm, models.vocoder, models.student):
         if module is not None:
             module.to(device).eval().requires_grad_(False)
+    autoencoder.to(memory_format=torch.channels_last)      # as its inputs (ae_lib.channels_last)
     if compile:
         compile_models(models)
     return models

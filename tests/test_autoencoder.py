@@ -23,7 +23,7 @@ def test_shapes_for_any_length(frames):
 
 @pytest.mark.parametrize("shape", [(2, 5, 7, 9), (1, 16, 32, 1), (3, 8, 1, 12)])
 def test_subpixel_upsample_is_nearest_then_conv(shape):
-    """Upsample.forward (four 2x2 phase convs at the low resolution) against its definition,
+    """Upsample.forward (one stride-2 transposed conv at the low resolution) against its definition,
     nearest-neighbour x2 then the 3x3 conv, in value and in gradient."""
     g = torch.Generator().manual_seed(sum(shape))
     up = A.Upsample(shape[1]).double()
