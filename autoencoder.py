@@ -130,7 +130,8 @@ class Autoencoder(nn.Module):
         """Pad the time (and mel) axis with silence up to a multiple of f: any length works."""
         pad_f, pad_t = (-spec.shape[-2]) % self.factor, (-spec.shape[-1]) % self.factor
         spec = F.pad(spec, (0, pad_t, 0, pad_f), value=SILENCE)
-        return DiagonalGaussian(self.encoder(channels_last(spec)).contiguous())  # z: (B, c, F/f, T/f)
+        moments = self.encoder(channels_last(spec)).contiguous()
+        return DiagonalGaussian(moments)                      # z: (B, c, F/f, T/f)
 
     def decode(self, z, length=None):
         spec = self.decoder(channels_last(z)).contiguous()    # (B, 1, F, T)

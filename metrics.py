@@ -213,20 +213,23 @@ def matmul_gflops(n=1024, dtype=torch.float32, device="cpu", repeats=10):
 
 def bf16_pays(device="cpu", n=256):
     """Whether bfloat16 matmuls run faster than float32 ones here. A CPU with AMX or
-    AVX512-BF16 runs them up to ~4x faster; one without (AVX2 only) emulates them, hundreds
+    AVX512-BF16 runs them up to ~8x faster; one without (AVX2 only) emulates them, hundreds
     of times slower (0.25 GFLOP/s against 75 on a 2-core AVX2 EPYC), so bf16 autocast must
-    not be on by default everywhere. About 2 ms where bf16 is fast, 0.2 s where it is not."""
+    not be on by default everywhere. A first look at a small size, each dtype's second call
+    (the first compiles oneDNN's kernels: 2 ms on AMX, 10x an fp32 call), rules emulation
+    out cheaply; then the throughputs at n decide. Some 5 ms where bf16 is fast."""
     device = torch.device(device)
     if device.type == "cuda":
         return True
-    a = torch.randn(n, n, device=device)
+    a = torch.randn(64, 64, device=device)
     seconds = {}
-    for dtype in (torch.float32, torch.bfloat16, torch.float32):    # fp32 warmed up once
+    for dtype in (torch.float32, torch.bfloat16):
         x = a.to(dtype)
+        x @ x                               # the kernels' compilation
         t0 = time.perf_counter()
         x @ x
         seconds[dtype] = time.perf_counter() - t0
-    if seconds[torch.bfloat16] > 4 * seconds[torch.float32]:
+    if seconds[torch.bfloat16] > 4 * seconds[torch.float32] + 1e-4:
         return False                        # emulated: no need to look closer
     return matmul_gflops(n, torch.bfloat16, device, 5) > matmul_gflops(n, device=device,
                                                                       repeats=5)
