@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from scipy.signal import resample_poly
 
 import music
 
@@ -152,11 +151,50 @@ def build_dataset(out_dir, pieces=60, seconds=12.0, seed=0, sample_rate=16000, w
 
 # ---------------------------------------------------------------- the user's own music
 def resample(wave, sr_in, sr_out):
-    """Polyphase resampling (scipy) along the last axis; a no-op when the rates agree."""
+    """Polyphase resampling along the last axis (resample_poly); a no-op when the rates
+    agree. float32 (..., N) -> float32 (..., ceil(N sr_out / sr_in))."""
     if sr_in == sr_out:
         return wave
     g = gcd(int(sr_in), int(sr_out))
-    return resample_poly(wave, sr_out // g, sr_in // g, axis=-1).astype(np.float32)
+    return resample_poly(wave, sr_out // g, sr_in // g)
+
+
+def lowpass_taps(up, down, half_width=10, beta=5.0):
+    """The anti-aliasing filter of resampling by up / down (as scipy.signal.resample_poly
+    designs it): a windowed sinc with its cutoff at the lower Nyquist, 1 / max(up, down)
+    of the upsampled rate, 2 half_width max(up, down) + 1 taps, a Kaiser window (beta),
+    gain `up` at DC (the zeros that upsampling inserts cost 1 / up of the level)."""
+    rate = max(up, down)
+    n = np.arange(-half_width * rate, half_width * rate + 1)
+    h = np.sinc(n / rate) * np.kaiser(len(n), beta)
+    return h * (up / h.sum())
+
+
+def resample_poly(x, up, down):
+    """x (..., N) at rate r -> (..., ceil(N up / down)) at r up / down: upsample by `up`
+    (zeros between samples), low-pass (lowpass_taps, centred: no delay), keep every
+    down-th sample; the signal is zero outside 0..N-1.
+
+    The upsampled signal is never made: output m = j up + r reads the inputs
+    x[j down + q] with taps h[r down - q up] (q over the few offsets where the tap
+    exists), so the `up` output phases r are the channels of one strided convolution,
+    stride `down`, of x with a (up, 1, K) kernel, K ~ (2 half_width max(up, down) + down) / up."""
+    h = torch.from_numpy(lowpass_taps(up, down))
+    half = (len(h) - 1) // 2
+    q_lo, q_hi = -(half // up), ((up - 1) * down + half) // up
+    r, q = torch.arange(up)[:, None], torch.arange(q_lo, q_hi + 1)[None]
+    k = r * down + half - q * up                                     # tap of each (r, q)
+    kernel = torch.where((k >= 0) & (k < len(h)), h[k.clamp(0, len(h) - 1)], 0.0)
+    lead = np.shape(x)[:-1]
+    x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    x = x.reshape(-1, 1, x.shape[-1])                                # (B, 1, N)
+    n_out = -(-x.shape[-1] * up // down)
+    cols = -(-n_out // up)                                           # output samples / up
+    pad = (-q_lo, max(0, (cols - 1) * down + kernel.shape[1] - x.shape[-1] + q_lo))
+    y = torch.nn.functional.conv1d(torch.nn.functional.pad(x, pad),
+                                   kernel[:, None].float(), stride=down)  # (B, up, cols)
+    y = y.transpose(1, 2).reshape(len(x), -1)[:, :n_out]             # output m = j up + r
+    return y.numpy().reshape(*lead, n_out)
 
 
 def load_audio(path, sample_rate):

@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.linalg
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -71,6 +70,7 @@ def frechet_distance(emb_a, emb_b, eps=1e-6):
     Heusel et al. 2017 (FID); with classifier embeddings this is FAD-C. emb: (N, D). It is
     biased at small N (Binkowski et al. 2018): compare values at the same N and D only.
     """
+    import scipy.linalg                  # here: transfer.py imports this module, not FAD
     a, b = (np.asarray(e, dtype=np.float64) for e in (emb_a, emb_b))
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = (np.atleast_2d(np.cov(e, rowvar=False)) for e in (a, b))
