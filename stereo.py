@@ -51,6 +51,12 @@ def _smooth(x, frames):
     return (num / den).reshape(x.shape)
 
 
+def _frames_first(X):
+    """An STFT (F, T) as real (T, F, 2): the layout stft() computes it in (a view, no copy),
+    where the arithmetic runs on contiguous memory."""
+    return torch.view_as_real(X.T)
+
+
 def image(source, sr):
     """Source (N, 2) -> (a, b), each (bands, frames): the panning and the width of every
     band, relative to the mid (see the module docstring)."""
@@ -61,9 +67,10 @@ def image(source, sr):
     S = stft((x[:, 0] - x[:, 1]) / 2, n_fft, hop, window=window)
     bands = band_matrix(sr, n_fft)                                   # (bands, F)
     frames = max(1, round(SMOOTH_SECONDS * sr / hop))
-    mm = _smooth(bands @ M.abs() ** 2, frames)                       # (bands, T)
-    sm = _smooth(bands @ (S * M.conj()).real, frames)
-    ss = _smooth(bands @ S.abs() ** 2, frames)
+    M, S = (_frames_first(X) for X in (M, S))                        # (T, F, 2): re, im
+    mm = _smooth((M.square().sum(-1) @ bands.T).T, frames)           # |M|^2 (bands, T)
+    sm = _smooth(((S * M).sum(-1) @ bands.T).T, frames)              # Re(S M*)
+    ss = _smooth((S.square().sum(-1) @ bands.T).T, frames)           # |S|^2
     eps = 1e-12 + 1e-9 * mm.max()
     a = sm / (mm + eps)
     b = ((ss - a * sm).clamp(min=0) / (mm + eps)).sqrt()             # residual side / mid
@@ -80,8 +87,10 @@ def widen(mid, source, sr):
     delay = min(round(DELAY_SECONDS * sr), len(m))
     d = torch.cat([m.new_zeros(delay), m[:len(m) - delay]])
     M, D = (stft(v, n_fft, hop, window=window) for v in (m, d))       # (F, T)
-    bands = band_matrix(sr, n_fft).T                                 # (F, bands)
-    S = (bands @ a) * M + (bands @ b) * D
+    bands = band_matrix(sr, n_fft)                                   # (bands, F)
+    S = torch.addcmul((a.T @ bands)[..., None] * _frames_first(M), (b.T @ bands)[..., None],
+                      _frames_first(D))                              # (T, F, 2)
+    S = torch.view_as_complex(S).T                                   # (F, T)
     side = istft(S, n_fft, hop, window=window, length=len(m))
     return torch.stack([m + side, m - side], 1).numpy()
 
