@@ -55,7 +55,8 @@ REFINE = 1              # inversion: fixed-point refinements a step (diffusion.d
 # U-Net call a step (5 a window with inversion's): inverted, not from noise, because from
 # noise a real recording reaches the output only through the paired U-Net's source channels,
 # trained on renders (real set: 0.30 content kept from noise, 0.58 inverted; checkpoints/README).
-STUDENT = dict(mode="inversion", strength=0.9, guidance=4.0, refine=1)
+# w = 5: on val as far from the source as the teacher's defaults (checkpoints/README).
+STUDENT = dict(mode="inversion", strength=0.9, guidance=5.0, refine=1)
 WARM_START = "extrapolate"  # inversion's first guess per step (diffusion.ddim_invert)
 SEED = 0
 GRIFFIN_LIM_ITERS = 64
