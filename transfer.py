@@ -54,7 +54,7 @@ REFINE = 1              # inversion: fixed-point refinements a step (diffusion.d
 # The student's (distill.pt, used when present), at the steps it was distilled for, one
 # U-Net call a step (5 a window with inversion's): inverted, not from noise, because from
 # noise a real recording reaches the output only through the paired U-Net's source channels,
-# trained on renders (real set: 0.30 content kept from noise, 0.58 inverted; checkpoints/README).
+# trained on renders (real set: 0.30 content kept from noise, 0.56 inverted; checkpoints/README).
 # w = 5: on val as far from the source as the teacher's defaults (checkpoints/README).
 STUDENT = dict(mode="inversion", strength=0.9, guidance=5.0, refine=1)
 WARM_START = "extrapolate"  # inversion's first guess per step (diffusion.ddim_invert)
