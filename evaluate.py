@@ -267,6 +267,8 @@ class EvalOptions:
     speed: bool = True          # the speed table (about 5 minutes)
     real: tuple = ()            # folders of real recordings: the real-set table (evaluate_real)
     real_files: int = 6         # ... excerpts from this many files of each folder
+    real_tune: int = 0          # development, with --only-real: this many files of each folder
+                                # from those the real_files selection leaves out (a tuning slice)
     keep: str = None            # a folder: keep each finished row there, and take those an
                                 # interrupted run of this commit kept (report.Keep)
     settings: str = None        # development: transfer() settings as JSON, a row of its own
@@ -277,12 +279,16 @@ class EvalOptions:
         """From train.py's arguments (--stage eval)."""
         if args.only_real and not args.real:
             raise ValueError("--only-real needs --real DIR [DIR ...]")
+        if args.real_tune and not args.only_real:
+            raise ValueError("--real-tune is for development runs: give --only-real too (the "
+                             "report's real set is --real-files)")
         if (args.settings or args.seconds) and not (args.rows or args.only_real):
             raise ValueError("--settings and --seconds are for development runs: give --rows "
                              "REGEX (or --only-real) too")
         opts = cls(data=args.data, ckpt_dir=args.ckpt_dir, device=args.device,
                    pieces=args.pieces, rows=args.rows, split=args.split, speed=not args.no_speed,
                    real=tuple(args.real or ()), real_files=args.real_files,
+                   real_tune=args.real_tune,
                    keep=str(Path(args.runs) / "eval") if args.resume else None,
                    settings=args.settings,
                    seconds=args.seconds)
@@ -412,7 +418,7 @@ def real_set(folders, files, models, judge, val, settings=None, name=None):
 def evaluate_real_only(opts, command):
     """Development: the real-set table alone (results/real.json and REAL.md)."""
     t_start = time.perf_counter()
-    files = evaluate_real.find_files(opts.real, opts.real_files)
+    files = evaluate_real.find_files(opts.real, opts.real_files, opts.real_tune)
     provenance, judge, styles, cfg = setup(opts, command)
     val = load_split(opts.data, "val", cfg.audio.sample_rate, styles)
     teacher, settings = opts.transfer_settings()

@@ -31,9 +31,15 @@ EXCERPT_SECONDS = 15.0
 SHIFTS = (2.0, 3.0, 4.0, 5.0)     # seconds: the "wrong moment" the chance level is taken at
 
 
-def find_files(dirs, per_dir=None):
+def find_files(dirs, per_dir=None, tune=0):
     """Audio files under each folder (sorted, recursive); per_dir keeps that many, spread
-    evenly over each folder's list. A missing or empty folder is a ValueError."""
+    evenly over each folder's list. tune > 0: instead up to `tune` files of each folder
+    from those the per_dir selection leaves out (spread evenly), a tuning slice apart from
+    the reported set. A missing or empty folder is a ValueError."""
+    def spread(found, n):
+        if not n or len(found) <= n:
+            return found
+        return [found[i] for i in np.linspace(0, len(found) - 1, n).round().astype(int)]
     files = []
     for d in dirs:
         d = Path(d)
@@ -43,9 +49,14 @@ def find_files(dirs, per_dir=None):
         found = sorted(p for p in d.rglob("*") if p.suffix.lower() in data.AUDIO_EXTS)
         if not found:
             raise ValueError(f"no audio files under {d}")
-        if per_dir and len(found) > per_dir:
-            found = [found[i] for i in np.linspace(0, len(found) - 1, per_dir).round().astype(int)]
-        files += found
+        chosen = spread(found, per_dir)
+        if tune:
+            chosen = spread([p for p in found if p not in set(chosen)], tune)
+        files += chosen
+    if tune and not files:
+        raise ValueError(f"--real-tune: every file of {', '.join(map(str, dirs))} is in the "
+                         f"reported selection (--real-files {per_dir}); give fewer --real-files "
+                         f"or more music")
     return files
 
 

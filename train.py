@@ -458,6 +458,9 @@ def parse_args(argv=None):
                    "excerpts of their files go into every style (the real-set table)")
     g.add_argument("--real-files", type=int, default=6, metavar="N",
                    help="with --real: excerpts from N files of each folder, spread evenly")
+    g.add_argument("--real-tune", type=int, default=0, metavar="N",
+                   help="development, with --only-real: excerpts from N files of each folder "
+                        "that the --real-files selection leaves out (tune here, report there)")
     g.add_argument("--only-real", action="store_true", help="development: the real-set table "
                    "alone, to results/real.json and REAL.md, never RESULTS.md")
     g.add_argument("--settings", metavar="JSON", help="development, with --rows or --only-real: "

@@ -67,6 +67,12 @@ def test_find_files_and_excerpts(tmp_path):
     (tmp_path / "b" / "notes.txt").write_text("not audio")
     files = evaluate_real.find_files([tmp_path / "a", tmp_path / "b"], per_dir=3)
     assert [f.name for f in files] == ["long.flac", "short.wav", "t0.flac", "t2.flac", "t4.flac"]
+    tune = evaluate_real.find_files([tmp_path / "a", tmp_path / "b"], per_dir=3, tune=1)
+    assert [f.name for f in tune] == ["t1.flac"]                    # a: nothing left out
+    tune = evaluate_real.find_files([tmp_path / "b"], per_dir=3, tune=5)
+    assert [f.name for f in tune] == ["t1.flac", "t3.flac"] and not set(tune) & set(files)
+    with pytest.raises(ValueError, match="every file"):
+        evaluate_real.find_files([tmp_path / "a"], per_dir=3, tune=2)
     wave, sr = evaluate_real.read_excerpt(files[0])
     assert sr == 22050 and wave.shape == (15 * 22050,)
     start = 20 * 22050                                             # a third of 60 s
