@@ -321,10 +321,11 @@ def score_system(system, split, judge, resynthesis=False):
     Per output: style accuracy, chroma against the target's ground truth and the source,
     notes kept (chroma against the score), spectral distances. Per style pair: FAD-C and
     KID between the outputs' window embeddings and the target's ground truth in the same
-    pieces: the same number of distinct embeddings on both sides; then averaged over pairs."""
+    pieces: the same number of distinct embeddings on both sides; then averaged over pairs.
+    by_target: style accuracy and notes kept of the outputs into each target style."""
     stats = {k: [] for k in ("correct", "content_target", "content_source", "notes_kept",
                              "logmel_l1", "mrstft", "lsd")}
-    sets, compute, audio_seconds = {}, 0.0, 0.0
+    sets, compute, audio_seconds, targets = {}, 0.0, 0.0, []
     pairs, sr = getattr(system, "pairs", None), judge.sample_rate
     for piece in split.pieces:
         for src in split.styles:
@@ -337,6 +338,7 @@ def score_system(system, split, judge, resynthesis=False):
                 if isinstance(out, tuple):      # a system that shares work between calls
                     out, seconds = out          # reports each output's share of it
                 compute += seconds
+                targets.append(tgt)
                 out, ref = crop_pair(out[None].float(), split.waves[piece, tgt][None])
                 source = split.waves[piece, src][None]
                 spec_out = judge.logmel(out)
@@ -355,6 +357,12 @@ def score_system(system, split, judge, resynthesis=False):
                 audio_seconds += ref.shape[-1] / sr
     result = {k: float(np.mean(v)) for k, v in stats.items()}
     result["style_accuracy"] = 100 * result.pop("correct")
+    by_target = {t: [i for i, x in enumerate(targets) if x == t] for t in split.styles}
+    result["by_target"] = {t: dict(style_accuracy=100 * float(np.mean([stats["correct"][i]
+                                                                      for i in idx])),
+                                   notes_kept=float(np.mean([stats["notes_kept"][i]
+                                                             for i in idx])))
+                           for t, idx in by_target.items() if idx}
     if resynthesis:
         result.pop("content_source")
     fad, kid = zip(*(set_distances(np.concatenate(o), np.concatenate(r), judge.basis)

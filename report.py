@@ -174,7 +174,7 @@ def results_markdown(r):
         f"(FAD-C in {floor.get('dims', 16)} principal directions), averaged over pairs. Their "
         f"floor (the {s['name']} ground truth against as many train pieces of the same style): "
         f"FAD-C {floor['fad_c']:.2f}, KID {floor['kid']:.1f}.\n\n"
-        f"{results_table(r['transfer'])}\n\n"
+        f"{results_table(r['transfer'])}\n\n{by_target_markdown(r['transfer'])}"
         f"## Resynthesis ({s['name']} split)\n\nEach piece in each style, from its own "
         f"ground truth, scored against it.\n\n{results_table(r['resynthesis'])}\n\n")
     if "tuning" in r:
@@ -190,6 +190,26 @@ def results_markdown(r):
     if "speed" in r:
         text += speed_markdown(r["speed"])
     return text + METRICS_NOTE + "\n"
+
+
+def by_target_markdown(rows):
+    """The default transfer row per target style, beside the identity's and the oracle's
+    notes kept into the same targets (empty for rows without by_target: older results)."""
+    default = next((m for k, m in rows.items() if k.startswith("transfer.py defaults")), {})
+    refs = {k: rows.get(name, {}).get("by_target", {}) for k, name in
+            (("identity", "identity (source unchanged)"),
+             ("oracle", "oracle (target-style ground truth)"))}
+    if "by_target" not in default:
+        return ""
+    lines = ["| target style | style acc. (%) ↑ | notes kept ↑ | identity's notes kept | "
+             "oracle's notes kept |", "|---|---:|---:|---:|---:|"]
+    for style, m in default["by_target"].items():
+        ref = [refs[k].get(style, {}).get("notes_kept") for k in ("identity", "oracle")]
+        lines.append(f"| {style} | {m['style_accuracy']:.1f} | {m['notes_kept']:.3f} | " +
+                     " | ".join("-" if v is None else f"{v:.3f}" for v in ref) + " |")
+    return ("The default row by target style (each from the other five), beside what the "
+            "unchanged sources and the target's ground truth keep of the same pieces' "
+            "scores:\n\n" + "\n".join(lines) + "\n\n")
 
 
 SUMMARY_COLUMNS = [c for c in COLUMNS if c[0] in ("style_accuracy", "notes_kept", "content_target",

@@ -42,6 +42,10 @@ def test_score_system_reference_rows(monkeypatch):
     assert oracle["content_target"] == pytest.approx(1.0, abs=1e-5)
     assert oracle["logmel_l1"] == 0 and oracle["lsd"] == 0 and oracle["fad_c"] < 1e-6
     assert oracle["kid"] <= 0                                 # identical sets (unbiased)
+    by_target = oracle["by_target"]                          # every target as often
+    assert list(by_target) == list(split.styles)
+    for key in ("style_accuracy", "notes_kept"):
+        assert np.mean([r[key] for r in by_target.values()]) == pytest.approx(oracle[key])
     assert identity["content_source"] == pytest.approx(1.0, abs=1e-5)
     assert identity["logmel_l1"] > 0.1 and identity["fad_c"] > 0
     # The same outputs give the same notes kept, whatever the pair.
@@ -80,6 +84,16 @@ def test_report_tables_come_from_the_results(tmp_path):
     assert "sitting" not in text
     assert "2 rows kept by the earlier ones" in report.save(dict(results, kept_rows=2), tmp_path)
     report.save(results, tmp_path / "dev", "rows")
+    # The default row by target style, beside the identity's notes kept into each.
+    assert "by target style" not in text                          # no default row: no table
+    default = dict(rows["identity"], by_target={s: dict(style_accuracy=10.0 * k, notes_kept=0.1)
+                                                for k, s in enumerate(split.styles)})
+    text = report.save(dict(results, transfer={"transfer.py defaults: x": default,
+                                               "identity (source unchanged)": rows["identity"]}),
+                       tmp_path / "by_target")
+    for k, style in enumerate(split.styles):
+        kept = rows["identity"]["by_target"][style]["notes_kept"]
+        assert f"| {style} | {10.0 * k:.1f} | 0.100 | {kept:.3f} | - |" in text
     assert sorted(p.name for p in (tmp_path / "dev").iterdir()) == ["rows.json"]
     # The real-set table, per target style, in RESULTS.md and in a development REAL.md.
     per_style = {s: dict(accuracy=50.0 + k, content_kept=0.5, content_kept_min=0.1,
