@@ -139,6 +139,8 @@ class GuideDiffConfig(TrainingConfig):
     mel_weight: float = 1.0           # log-mel L1 beside the multi-resolution STFT loss
     augment: float = 0.5              # the recording chain's chances on the training clips
     round_trip: float = 0.5           # share of the batch guided by an autoencoder round trip
+    transfer_guides: float = 0.25     # share guided by a transfer's output log-mel, against
+                                      # the target's render (built-in data, CKPT_DIR/ldm.pt)
     search_steps: tuple = (1, 2, 4, 8)   # step counts whose schedule is searched on val
     default_steps: int = 1            # 1-8 steps measure alike (RESULTS.md, val): the cheapest
     projections: int = 16             # mel-consistency projections after the last step

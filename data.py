@@ -290,6 +290,35 @@ class AudioFolder(torch.utils.data.Dataset):
         return wave, self.labels[i]
 
 
+class GuidedClips(torch.utils.data.Dataset):
+    """An AudioFolder's random clips (training), `share` of them replaced by a clip of a file
+    that has a guide: the log-mel that a transfer into that file's style made from another
+    style of the same piece, cropped to the same frames (frame k is sample k * hop). Items:
+    (wave (N,), style index, guide (1, n_mels, frames), guided); a plain clip's guide is
+    zeros and guided False. guides: {file index: log-mel (1, n_mels, T)}."""
+
+    def __init__(self, folder, guides, share, hop, frames):
+        self.folder, self.guides, self.share, self.styles = folder, guides, share, folder.styles
+        self.hop, self.frames, self.keys = hop, frames, sorted(guides)
+        self.n_mels = next(iter(guides.values())).shape[-2]
+
+    def __len__(self):
+        return len(self.folder)
+
+    def __getitem__(self, index):
+        if not self.keys or float(torch.rand(())) >= self.share:
+            wave, label = self.folder[index]
+            return wave, label, torch.zeros(1, self.n_mels, self.frames), False
+        i = self.keys[int(torch.randint(0, len(self.keys), ()))]
+        whole, guide, clip = self.folder.waves[i], self.guides[i], self.folder.clip
+        k = int(torch.randint(0, max(0, (len(whole) - clip) // self.hop) + 1, ()))
+        wave = whole[k * self.hop:k * self.hop + clip]
+        wave = torch.nn.functional.pad(wave, (0, clip - len(wave)))
+        guide = guide[..., k:k + self.frames]
+        guide = torch.nn.functional.pad(guide, (0, self.frames - guide.shape[-1]), mode="replicate")
+        return wave, self.folder.labels[i], guide, True
+
+
 class LatentClips(torch.utils.data.Dataset):
     """Cached latents of whole pieces; each item is a random crop, its style label, and a
     reference log-mel crop from another piece of the same style (zero-shot conditioning)."""

@@ -273,15 +273,24 @@ class GuideDiffTraining(nn.Module):
         self.model, self.logmel, self.c, self.chain = model, logmel, c, chain
         self.autoencoder = [autoencoder]    # a list: its weights are not this module's
 
-    def forward(self, wave):
+    def forward(self, wave, transfer_guide=None, guided=None):
+        """wave (B, N) -> the loss. transfer_guide (B, 1, n_mels, frames) and guided (B,):
+        data.GuidedClips' transfer outputs, which guide the clean render they aim at (no
+        recording chain on those)."""
+        clean = wave
         if self.chain is not None:
             wave = self.chain(wave)
+            if guided is not None:
+                wave = torch.where(guided[:, None], clean, wave)
         spec, guide = self.logmel(wave), None
         if self.autoencoder[0] is not None and self.c.round_trip > 0:
             with torch.no_grad():
                 trip = self.autoencoder[0](spec)[0].float()
             use = (torch.rand(len(wave), device=wave.device) < self.c.round_trip)
             guide = torch.where(use[:, None, None, None], trip, spec)
+        if guided is not None:
+            guide = torch.where(guided[:, None, None, None], transfer_guide.to(spec),
+                                spec if guide is None else guide)
         return training_loss(self.model, wave, spec, self.logmel, self.c.p_pure_noise,
                              self.c.mel_weight, guide=guide)
 

@@ -178,3 +178,31 @@ def test_resample_poly_matches_scipy(n, up, down):
     assert ours.shape == ref.shape and ours.dtype == np.float32
     assert np.abs(ours - ref).max() < 1e-5 * (1 + np.abs(ref).max())
     assert np.allclose(data.resample_poly(x[1], up, down), ours[1], atol=1e-6)
+
+
+def test_guided_clips_crop_the_guide_at_the_wave_s_frames(tmp_path):
+    """A guide that is the file's own log-mel comes back as the clip's log-mel (away from
+    the clip's edges, where the whole file's frames see past it); share 0 gives plain clips."""
+    from stft import LogMel
+    for k, style in enumerate(("a", "b")):
+        (tmp_path / style).mkdir()
+        noise = np.random.default_rng(k).standard_normal(int(16000 * 2.3)).astype(np.float32)
+        sf.write(tmp_path / style / "p0.wav", 0.1 * noise, 16000)
+    folder = data.AudioFolder(tmp_path, sample_rate=16000, clip_seconds=0.5, random_clips=True)
+    logmel = LogMel(sample_rate=16000, n_fft=1024, hop=256, n_mels=64)
+    frames = logmel(torch.zeros(1, folder.clip)).shape[-1]
+    guides = {1: logmel(folder.waves[1][None])[0]}
+    clips = data.GuidedClips(folder, guides, 1.0, 256, frames)
+    torch.manual_seed(0)
+    starts = set()
+    for _ in range(8):
+        wave, label, guide, guided = clips[0]
+        assert guided and label == 1 and guide.shape == (1, 64, frames)
+        own = logmel(wave[None])[0]
+        torch.testing.assert_close(guide[..., 3:-3], own[..., 3:-3], atol=1e-4, rtol=1e-4)
+        whole = folder.waves[1].numpy()
+        starts.update(int(i) for i in np.flatnonzero(whole == wave[0].item())
+                      if np.array_equal(whole[i:i + len(wave)], wave.numpy()))
+    assert len(starts) > 1 and all(s % 256 == 0 for s in starts)
+    wave, label, guide, guided = data.GuidedClips(folder, guides, 0.0, 256, frames)[0]
+    assert not guided and label == 0 and not guide.any() and wave.shape == (folder.clip,)

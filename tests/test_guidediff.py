@@ -190,3 +190,28 @@ def test_training_is_guided_by_round_trips_against_the_true_wave():
         assert torch.isfinite(loss)
     guidediff.GuideDiffTraining(model, model.logmel, config.GuideDiffConfig(), None, None)(wave)
     torch.testing.assert_close(heard[-1], spec)
+
+
+def test_transfer_guides_replace_the_guide_and_skip_the_recording_chain():
+    """Items marked guided hear their transfer guide and are scored against the clean wave
+    (the recording chain is not applied to them); the others as before."""
+    model, heard = tiny(), []
+    forward = model.forward
+
+    def spy(x_s, spec, s):
+        heard.append(spec.clone())
+        return forward(x_s, spec, s)
+    model.forward = spy
+
+    class Loud(torch.nn.Module):            # a stand-in recording chain: a known change
+        def forward(self, wave, generator=None):
+            return 3.0 * wave
+    wave = torch.randn(2, 4096) * 0.1
+    spec = model.logmel(wave)
+    given = torch.randn_like(spec)
+    c = config.GuideDiffConfig(round_trip=0.0)
+    loss = guidediff.GuideDiffTraining(model, model.logmel, c, Loud())(
+        wave, given, torch.tensor([True, False]))
+    torch.testing.assert_close(heard[-1][0], given[0])
+    torch.testing.assert_close(heard[-1][1], model.logmel(3.0 * wave)[1])
+    assert torch.isfinite(loss)

@@ -227,6 +227,13 @@ def test_ldm_stage_trains_a_paired_model_that_transfer_runs(tmp_path):
     out, _ = transfer.transfer(wave, 16000, "rock", models=models, progress=False)
     assert out.shape == wave.shape and np.isfinite(out).all()
     assert transfer.load_models(ckpt, teacher=True).student is None
+    # GuideDiff learns from the student's transfers too: a guide per train piece, cached.
+    train.main(["--stage", "guidediff", *base])
+    guides = [p for p in (tmp_path / "d" / "cache").iterdir() if p.name.startswith("guides-")]
+    pieces = json.loads((tmp_path / "d" / "metadata.json").read_text())["splits"]["train"]
+    assert len(guides) == 1 and len(torch.load(guides[0], weights_only=True)["guides"]) == \
+        len(pieces)
+    assert transfer.load_models(ckpt).vocoder is not None
     shutil.copy(ckpt / "distill.pt", tmp_path / "distill.pt")
     train.main(argv + ["--init", str(ckpt / "ldm.pt")])         # a new ldm.pt
     with pytest.raises(ValueError, match="distilled from another ldm.pt"):
