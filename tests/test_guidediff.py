@@ -167,9 +167,8 @@ def test_mlp_head_grows_from_a_linear_head_model():
         config.load_weights(grown, {"model": old.state_dict()}, "guidediff")
 
 
-def test_training_is_guided_by_round_trips_against_the_true_wave():
-    """With round_trip = 1 the model hears the autoencoder's log-mel, while the loss is
-    scored against the wave's own; with 0 (or no autoencoder) it hears the wave's own."""
+def heard_guides():
+    """A tiny GuideDiff that records the log-mel guide of every call: (model, list)."""
     model, heard = tiny(), []
     forward = model.forward
 
@@ -177,6 +176,13 @@ def test_training_is_guided_by_round_trips_against_the_true_wave():
         heard.append(spec.clone())
         return forward(x_s, spec, s)
     model.forward = spy
+    return model, heard
+
+
+def test_training_is_guided_by_round_trips_against_the_true_wave():
+    """With round_trip = 1 the model hears the autoencoder's log-mel, while the loss is
+    scored against the wave's own; with 0 (or no autoencoder) it hears the wave's own."""
+    model, heard = heard_guides()
 
     class Blur(torch.nn.Module):            # a stand-in autoencoder: a known, lossy round trip
         def forward(self, spec):
@@ -195,13 +201,7 @@ def test_training_is_guided_by_round_trips_against_the_true_wave():
 def test_transfer_guides_replace_the_guide_and_skip_the_recording_chain():
     """Items marked guided hear their transfer guide and are scored against the clean wave
     (the recording chain is not applied to them); the others as before."""
-    model, heard = tiny(), []
-    forward = model.forward
-
-    def spy(x_s, spec, s):
-        heard.append(spec.clone())
-        return forward(x_s, spec, s)
-    model.forward = spy
+    model, heard = heard_guides()
 
     class Loud(torch.nn.Module):            # a stand-in recording chain: a known change
         def forward(self, wave, generator=None):
