@@ -11,6 +11,7 @@ its defaults, the function `python transfer.py` runs, so the table measures what
     system(wave (N,), source style, target style, piece) -> wave (N',) or (wave, seconds)
     metrics.score_system(system, split, judge) -> {metric: value}, over every ordered style pair
 """
+import copy
 import json
 import re
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+import audio_io
 import baselines
 import config
 import data
@@ -93,6 +95,33 @@ def transfer_system(models, sample_rate, **settings):
                                        progress=False, **settings)
         return torch.from_numpy(out)
     return system
+
+
+class _KeepSpec:
+    """A stand-in vocoder for transfer.transfer_stream: keeps the log-mel it is given."""
+
+    def __init__(self):
+        self.specs = []
+
+    def vocode(self, spec, length, **_):
+        self.specs.append(spec[0].float().cpu())                # (1, n_mels, T)
+        return torch.zeros(1, length)
+
+
+def transfer_log_mels(ckpt_dir, jobs, sample_rate, device="cpu"):
+    """[log-mel (1, n_mels, T) or None] of [(wave (N,), target style)]: the default
+    transfer's output before the vocoder (what GuideDiff meets in use; train.transfer_guides),
+    frame-aligned with the wave. None for a wave longer than one streamed block."""
+    models = copy.copy(transfer_lib.load_models(ckpt_dir, vocoder="griffinlim", device=device))
+    models.vocoder, out = _KeepSpec(), []
+    for wave, style in tqdm(jobs, desc="transfer guides"):
+        if len(wave) > transfer_lib.BLOCK_SECONDS * sample_rate:
+            out.append(None)                               # one block: one log-mel
+            continue
+        transfer_lib.transfer_stream(audio_io.Source(wave, sample_rate), lambda _: None, style,
+                                     models=models, progress=False)
+        out.append(models.vocoder.specs.pop())
+    return out
 
 
 def transfer_row_name(models, teacher=False, **settings):

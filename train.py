@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-import audio_io
 import augment
 import autoencoder as ae_lib
 import baselines
@@ -364,24 +363,12 @@ def stage_ldm(args, cfg):
         print(f"ldm: {sum(p.numel() for p in model.parameters())} parameters")
 
 
-class _KeepSpec:
-    """A stand-in vocoder for transfer.transfer_stream: keeps the log-mel it is given."""
-
-    def __init__(self):
-        self.specs = []
-
-    def vocode(self, spec, length, **_):
-        self.specs.append(spec[0].float().cpu())                # (1, n_mels, T)
-        return torch.zeros(1, length)
-
-
 def transfer_guides(args, train, rank, device):
     """{train file index: log-mel (1, n_mels, T)}: for one style of each built-in piece, the
     default transfer's log-mel (transfer.py, before the vocoder) from another style of the
     same piece, frame-aligned with that style's render: what GuideDiff meets in use, with a
     waveform to learn from. Cached in DATA/cache by the checkpoints' hash; {} (with a note)
     without CKPT_DIR/ldm.pt or the built-in data's pairs."""
-    import transfer as transfer_lib                       # (it loads models.py's stages)
     ckpts = [Path(args.ckpt_dir) / f for f in ("autoencoder.pt", "ldm.pt", "distill.pt")]
     if not ckpts[1].is_file() or not (Path(args.data) / "metadata.json").is_file():
         if rank == 0:
@@ -390,25 +377,17 @@ def transfer_guides(args, train, rank, device):
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in ckpts if p.is_file()))
     path = Path(args.data) / "cache" / f"guides-{digest.hexdigest()[:12]}-{args.seed}.pt"
     if rank == 0 and not path.is_file():
-        models = transfer_lib.load_models(args.ckpt_dir, vocoder="griffinlim", device=device)
-        keep = _KeepSpec()
-        models = copy.copy(models)
-        models.vocoder = keep
         by_piece = {}
         for i, (p, y) in enumerate(zip(train.paths, train.labels)):
             by_piece.setdefault(p.stem, {})[y] = i
-        rng, guides = np.random.default_rng(args.seed), {}
-        for piece, files in tqdm(sorted(by_piece.items()), desc="transfer guides"):
-            if len(files) < 2:
-                continue
-            target, source = rng.choice(sorted(files), 2, replace=False)
-            wave = train.waves[files[source]].numpy()
-            if len(wave) > transfer_lib.BLOCK_SECONDS * train.sample_rate:
-                continue                                   # one block: one log-mel
-            transfer_lib.transfer_stream(audio_io.Source(wave, train.sample_rate),
-                                         lambda out: None, train.styles[target],
-                                         models=models, progress=False)
-            guides[files[target]] = keep.specs.pop()
+        rng, jobs = np.random.default_rng(args.seed), {}
+        for piece, files in sorted(by_piece.items()):
+            if len(files) > 1:
+                target, source = rng.choice(sorted(files), 2, replace=False)
+                jobs[files[target]] = (train.waves[files[source]].numpy(), train.styles[target])
+        specs = evaluate.transfer_log_mels(args.ckpt_dir, list(jobs.values()),
+                                           train.sample_rate, device)
+        guides = {i: spec for i, spec in zip(jobs, specs) if spec is not None}
         config.save_checkpoint(path, guides=guides)
     if dist.is_initialized():
         dist.barrier()
