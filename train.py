@@ -288,6 +288,12 @@ def stage_autoencoder(args, cfg):
     autoencoder = ae_lib.Autoencoder(1, c.channels, c.latent_channels, c.num_res_blocks)
     discriminator = ae_lib.PatchDiscriminator() if c.adv_weight > 0 else None
     model = ae_lib.AutoencoderTraining(autoencoder, discriminator, c).to(device)
+    if args.decoder_only:     # the latent space stays, and so do ldm.pt and distill.pt
+        if not args.init:
+            raise ValueError("--decoder-only fine-tunes a trained decoder: add --init "
+                             "checkpoints/autoencoder.pt")
+        autoencoder.encoder.requires_grad_(False)
+        kept_scale = config.load_checkpoint(args.init, "autoencoder")["latent_scale"]
 
     chain = augment.Chain(cfg.audio.sample_rate, p=c.augment)
 
@@ -301,8 +307,9 @@ def stage_autoencoder(args, cfg):
         return {"val_l1": (recon - val_specs).abs().mean().item()}
 
     def extra(ema):                           # unit-variance latents for the diffusion stage
-        return dict(config=config.config_to_dict(cfg), styles=train.styles,
-                    latent_scale=ae_lib.latent_scale(ema.autoencoder, val_specs.split(16)))
+        scale = (kept_scale if args.decoder_only else
+                 ae_lib.latent_scale(ema.autoencoder, val_specs.split(16)))
+        return dict(config=config.config_to_dict(cfg), styles=train.styles, latent_scale=scale)
 
     ema = train_loop(model, loss_fn, train, c, LoopOptions.from_args(args), "autoencoder",
                      validate, extra, export=lambda ema: ema.autoencoder)
@@ -512,6 +519,8 @@ def parse_args(argv=None):
                    "(eval: take the rows an interrupted run at this commit kept in RUNS/eval)")
     p.add_argument("--init", metavar="CKPT", help="start from the weights of a finished "
                    "STAGE.pt (fine-tuning; a fresh optimiser and schedule)")
+    p.add_argument("--decoder-only", action="store_true", help="autoencoder, with --init: "
+                   "train the decoder alone (the latents the LDM learned stay the same)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: preset)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPU and CUDA)")
     p.add_argument("--val-every", type=int, default=200, help="validation interval (steps)")

@@ -238,3 +238,29 @@ def test_ldm_stage_trains_a_paired_model_that_transfer_runs(tmp_path):
     train.main(argv + ["--init", str(ckpt / "ldm.pt")])         # a new ldm.pt
     with pytest.raises(ValueError, match="distilled from another ldm.pt"):
         transfer.load_models(ckpt)
+
+
+@pytest.mark.skipif(not (train.Path(__file__).resolve().parents[1] / "checkpoints" /
+                         "autoencoder.pt").is_file(), reason="no autoencoder checkpoint")
+def test_decoder_only_fine_tune_keeps_the_latent_space(tmp_path, capsys):
+    """--decoder-only: the encoder's weights and latent scale come back bit for bit (so the
+    LDM trained on its latents stays valid), the decoder moves; without --init it is refused."""
+    import data
+    root = train.Path(__file__).resolve().parents[1]
+    data.build_dataset(tmp_path / "d", pieces=3, seconds=5.0, seed=1, workers=1,
+                       soundfonts=["timgm6mb"])
+    base = ["--stage", "autoencoder", "--data", str(tmp_path / "d"), "--ckpt-dir",
+            str(tmp_path / "ckpt"), "--runs", str(tmp_path / "runs"), "--steps", "2",
+            "--batch-size", "2", "--lr", "1e-3", "--decoder-only"]
+    with pytest.raises(SystemExit) as e:
+        train.main(base)
+    assert e.value.code == 2 and "--init" in capsys.readouterr().err
+    start = config.load_checkpoint(root / "checkpoints" / "autoencoder.pt", "autoencoder")
+    train.main(base + ["--init", str(root / "checkpoints" / "autoencoder.pt")])
+    tuned = config.load_checkpoint(tmp_path / "ckpt" / "autoencoder.pt", "autoencoder")
+    encoder = [k for k in start["model"] if k.startswith("encoder.")]
+    decoder = [k for k in start["model"] if k.startswith("decoder.")]
+    assert encoder and decoder and set(tuned["model"]) == set(start["model"])
+    assert all(torch.equal(tuned["model"][k], start["model"][k]) for k in encoder)
+    assert tuned["latent_scale"] == start["latent_scale"]
+    assert not all(torch.equal(tuned["model"][k], start["model"][k]) for k in decoder)
