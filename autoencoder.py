@@ -227,10 +227,18 @@ class AutoencoderTraining(nn.Module):
         super().__init__()
         self.autoencoder, self.discriminator, self.c = autoencoder, discriminator, c
 
-    def forward(self, spec, adv_weight):
+    def forward(self, spec, adv_weight, latent=None, target=None, share=0.0):
+        """The round-trip loss of spec; with latent (B', C, F, L) and target (B', 1, F f,
+        L f): (1 - share) of it plus share of the decoder's loss from latent to target
+        (transfer latents, decoder-only training)."""
         loss, _ = autoencoder_loss(self.autoencoder, spec, self.c.kl_weight,
-                                          self.c.spectral_weight, self.discriminator, adv_weight)
-        return loss
+                                   self.c.spectral_weight, self.discriminator, adv_weight)
+        if latent is None:
+            return loss
+        recon = self.autoencoder.decode(latent)[..., :target.shape[-1]]
+        decoded = (recon - target).abs().mean() + \
+            self.c.spectral_weight * multiscale_spectral_loss(target, recon)
+        return (1 - share) * loss + share * decoded
 
 
 def in_chunks(fn, x, chunk, margin, scale=1.0):

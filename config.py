@@ -82,6 +82,8 @@ class AutoencoderConfig(TrainingConfig):
     lr: float = 5e-4
     clip_seconds: float = 2.0
     augment: float = 0.5              # half the recording chain's chances: encode recordings too
+    transfer_latents: float = 0.5     # --decoder-only: share of a batch decoded from transfers'
+    transfer_latent_frames: int = 32  # latents (this many frames) against the target render
 
 
 @dataclass

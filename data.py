@@ -290,6 +290,50 @@ class AudioFolder(torch.utils.data.Dataset):
         return wave, self.labels[i]
 
 
+def cross_style_pairs(folder, seed, per_piece=1):
+    """{target file index: source file index} of a paired AudioFolder (one file per piece
+    and style, named by the piece): for each piece, `per_piece` distinct target styles, each
+    with another style of the same piece as its source, drawn by seed."""
+    by_piece = {}
+    for i, (p, y) in enumerate(zip(folder.paths, folder.labels)):
+        by_piece.setdefault(p.stem, {})[y] = i
+    rng, pairs = np.random.default_rng(seed), {}
+    for _, files in sorted(by_piece.items()):
+        for _ in range(min(per_piece, len(files) - 1)):
+            target, source = rng.choice(sorted(files), 2, replace=False)
+            while files[target] in pairs:                   # a target once per piece
+                target, source = rng.choice(sorted(files), 2, replace=False)
+            pairs[files[target]] = files[source]
+    return pairs
+
+
+class DecodedClips(torch.utils.data.Dataset):
+    """An AudioFolder's random clips, each with a random crop of a transfer's latent
+    (the decoder's input in use) and the matching stretch of the target-style render:
+    (wave (N,), style index, latent (C, F, frames), target wave ((frames * f - 1) hop,)),
+    latent frame j being log-mel frame f j, sample f j hop. latents: {file index: latent
+    (C, F, L)} of transfers into that file's style from another style of the same piece."""
+
+    def __init__(self, folder, latents, factor, hop, frames):
+        self.folder, self.latents, self.keys, self.styles = folder, latents, sorted(latents), \
+            folder.styles
+        self.factor, self.hop, self.frames = factor, hop, frames
+
+    def __len__(self):
+        return len(self.folder)
+
+    def __getitem__(self, index):
+        wave, label = self.folder[index]
+        i = self.keys[int(torch.randint(0, len(self.keys), ()))]
+        z, whole = self.latents[i], self.folder.waves[i]
+        j = int(torch.randint(0, max(0, z.shape[-1] - self.frames) + 1, ()))
+        z = torch.nn.functional.pad(z[..., j:j + self.frames],
+                                    (0, max(0, self.frames - z.shape[-1])), mode="replicate")
+        n, start = (self.frames * self.factor - 1) * self.hop, j * self.factor * self.hop
+        target = whole[start:start + n]
+        return wave, label, z, torch.nn.functional.pad(target, (0, n - len(target)))
+
+
 class GuidedClips(torch.utils.data.Dataset):
     """An AudioFolder's random clips (training), `share` of them replaced by a clip of a file
     that has a guide: the log-mel that a transfer into that file's style made from another

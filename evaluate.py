@@ -108,19 +108,37 @@ class _KeepSpec:
         return torch.zeros(1, length)
 
 
-def transfer_log_mels(ckpt_dir, jobs, sample_rate, device="cpu"):
+class _KeepLatent:
+    """The autoencoder, keeping each latent its decoder is given."""
+
+    def __init__(self, autoencoder):
+        self.autoencoder, self.factor, self.latents = autoencoder, autoencoder.factor, []
+
+    def encode(self, spec):
+        return self.autoencoder.encode(spec)
+
+    def decode(self, z, length=None):
+        self.latents.append(z[0].float().cpu())                # (C, F, L), unscaled
+        return self.autoencoder.decode(z, length)
+
+
+def transfer_log_mels(ckpt_dir, jobs, sample_rate, device="cpu", latents=False):
     """[log-mel (1, n_mels, T) or None] of [(wave (N,), target style)]: the default
     transfer's output before the vocoder (what GuideDiff meets in use; train.transfer_guides),
-    frame-aligned with the wave. None for a wave longer than one streamed block."""
+    frame-aligned with the wave. None for a wave longer than one streamed block.
+    latents=True: [latent (C, F, T / f) or None] instead, what the decoder meets in use
+    (train.transfer_latents)."""
     models = copy.copy(transfer_lib.load_models(ckpt_dir, vocoder="griffinlim", device=device))
     models.vocoder, out = _KeepSpec(), []
-    for wave, style in tqdm(jobs, desc="transfer guides"):
+    models.autoencoder = keep = _KeepLatent(models.autoencoder)
+    for wave, style in tqdm(jobs, desc="transfer latents" if latents else "transfer guides"):
         if len(wave) > transfer_lib.BLOCK_SECONDS * sample_rate:
             out.append(None)                               # one block: one log-mel
             continue
         transfer_lib.transfer_stream(audio_io.Source(wave, sample_rate), lambda _: None, style,
                                      models=models, progress=False)
-        out.append(models.vocoder.specs.pop())
+        out.append(keep.latents.pop() if latents else models.vocoder.specs.pop())
+        keep.latents.clear()
     return out
 
 

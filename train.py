@@ -277,6 +277,12 @@ def stage_classifier(args, cfg):
               f"{100 * acc['val_accuracy_augmented']:.1f}% through the recording chain")
 
 
+def encoder_bytes(ckpt):
+    """The bytes of an autoencoder.pt's encoder weights: what its latents depend on."""
+    return b"".join(v.numpy().tobytes() for k, v in sorted(ckpt["model"].items())
+                    if k.startswith("encoder."))
+
+
 def stage_autoencoder(args, cfg):
     c = cfg.autoencoder
     rank, world, device = setup_distributed(args.device)
@@ -293,18 +299,49 @@ def stage_autoencoder(args, cfg):
             raise ValueError("--decoder-only fine-tunes a trained decoder: add --init "
                              "checkpoints/autoencoder.pt")
         autoencoder.encoder.requires_grad_(False)
-        kept_scale = config.load_checkpoint(args.init, "autoencoder")["latent_scale"]
-
+        init = config.load_checkpoint(args.init, "autoencoder")
+        kept_scale, encoder = init["latent_scale"], encoder_bytes(init)
+    latents, val_latents = {}, {}
+    if args.decoder_only and c.transfer_latents > 0:     # what the decoder meets in use
+        here = Path(args.ckpt_dir) / "autoencoder.pt"    # (the transfers encode with it)
+        if here.is_file() and encoder_bytes(config.load_checkpoint(here, "autoencoder")) \
+                != encoder:
+            raise ValueError(f"{here} has another encoder than {args.init}: give --ckpt-dir "
+                             f"a folder without an autoencoder.pt, or the same file")
+        if rank == 0 and not here.is_file():
+            config.save_checkpoint(here, **init)
+        if dist.is_initialized():
+            dist.barrier()
+        key = encoder + b"".join((Path(args.ckpt_dir) / f).read_bytes()
+                                 for f in ("ldm.pt", "distill.pt")
+                                 if (Path(args.ckpt_dir) / f).is_file())
+        latents = cached_transfers(args, train, rank, device, "latents", key, per_piece=2)
+        val_latents = cached_transfers(args, val, rank, device, "latents", key, split="val")
+    if latents:
+        train = data.DecodedClips(train, latents, autoencoder.factor, cfg.audio.hop,
+                                  c.transfer_latent_frames)
     chain = augment.Chain(cfg.audio.sample_rate, p=c.augment)
 
     def loss_fn(net, batch, step):
-        wave, _ = batch
-        return net(logmel(chain(wave)), c.adv_weight if step >= c.disc_start else 0.0)
+        adv = c.adv_weight if step >= c.disc_start else 0.0
+        if not latents:
+            return net(logmel(chain(batch[0])), adv)
+        wave, _, z, target = batch
+        k = round(len(wave) * (1 - c.transfer_latents))
+        return net(logmel(chain(wave[:k])), adv, z[k:], logmel(target[k:]), c.transfer_latents)
 
     @torch.no_grad()
     def validate(ema):
         recon = torch.cat([ema.autoencoder(s)[0] for s in val_specs.split(16)])
-        return {"val_l1": (recon - val_specs).abs().mean().item()}
+        out = {"val_l1": (recon - val_specs).abs().mean().item()}
+        if val_latents:           # transfers' latents decoded, against the target's render
+            l1 = []
+            for i, z in val_latents.items():
+                target = logmel(val.waves[i][None].to(device))
+                decoded = ema.autoencoder.decode(z[None].to(device))[..., :target.shape[-1]]
+                l1.append((decoded - target[..., :decoded.shape[-1]]).abs().mean().item())
+            out["val_transfer_l1"] = float(np.mean(l1))
+        return out
 
     def extra(ema):                           # unit-variance latents for the diffusion stage
         scale = (kept_scale if args.decoder_only else
@@ -370,35 +407,32 @@ def stage_ldm(args, cfg):
         print(f"ldm: {sum(p.numel() for p in model.parameters())} parameters")
 
 
-def transfer_guides(args, train, rank, device):
-    """{train file index: log-mel (1, n_mels, T)}: for one style of each built-in piece, the
-    default transfer's log-mel (transfer.py, before the vocoder) from another style of the
-    same piece, frame-aligned with that style's render: what GuideDiff meets in use, with a
-    waveform to learn from. Cached in DATA/cache by the checkpoints' hash; {} (with a note)
-    without CKPT_DIR/ldm.pt or the built-in data's pairs."""
-    ckpts = [Path(args.ckpt_dir) / f for f in ("autoencoder.pt", "ldm.pt", "distill.pt")]
-    if not ckpts[1].is_file() or not (Path(args.data) / "metadata.json").is_file():
+def cached_transfers(args, train, rank, device, kind, key, per_piece=1, split="train"):
+    """{train file index: output} of the default transfer (transfer.py) into the style of
+    that built-in file from another style of the same piece (data.cross_style_pairs):
+    kind "guides", the log-mel before the vocoder (frame-aligned with that render, what
+    GuideDiff meets in use), or "latents", the latent before the decoder. Cached in
+    DATA/cache by the hash of key (the bytes of what the outputs depend on); {} (with a
+    note) without CKPT_DIR/ldm.pt or the built-in data's pairs."""
+    ldm = Path(args.ckpt_dir) / "ldm.pt"
+    if not ldm.is_file() or not (Path(args.data) / "metadata.json").is_file():
         if rank == 0:
-            print(f"guidediff: no transfer guides (they need {ckpts[1]} and the built-in data)")
+            print(f"{args.stage}: no transfer {kind} (they need {ldm} and the built-in data)")
         return {}
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in ckpts if p.is_file()))
-    path = Path(args.data) / "cache" / f"guides-{digest.hexdigest()[:12]}-{args.seed}.pt"
+    digest = hashlib.sha256(key)
+    tag = (f"-x{per_piece}" if per_piece > 1 else "") + (f"-{split}" if split != "train" else "")
+    path = Path(args.data) / "cache" / f"{kind}-{digest.hexdigest()[:12]}-{args.seed}{tag}.pt"
     if rank == 0 and not path.is_file():
-        by_piece = {}
-        for i, (p, y) in enumerate(zip(train.paths, train.labels)):
-            by_piece.setdefault(p.stem, {})[y] = i
-        rng, jobs = np.random.default_rng(args.seed), {}
-        for piece, files in sorted(by_piece.items()):
-            if len(files) > 1:
-                target, source = rng.choice(sorted(files), 2, replace=False)
-                jobs[files[target]] = (train.waves[files[source]].numpy(), train.styles[target])
-        specs = evaluate.transfer_log_mels(args.ckpt_dir, list(jobs.values()),
-                                           train.sample_rate, device)
-        guides = {i: spec for i, spec in zip(jobs, specs) if spec is not None}
-        config.save_checkpoint(path, guides=guides)
+        pairs = data.cross_style_pairs(train, args.seed, per_piece)
+        jobs = [(train.waves[src].numpy(), train.styles[train.labels[tgt]])
+                for tgt, src in pairs.items()]
+        outs = evaluate.transfer_log_mels(args.ckpt_dir, jobs, train.sample_rate, device,
+                                          latents=kind == "latents")
+        config.save_checkpoint(path, **{kind: {i: o for i, o in zip(pairs, outs)
+                                               if o is not None}})
     if dist.is_initialized():
         dist.barrier()
-    return torch.load(path, map_location="cpu", weights_only=True)["guides"]
+    return torch.load(path, map_location="cpu", weights_only=True)[kind]
 
 
 def stage_guidediff(args, cfg):
@@ -417,7 +451,10 @@ def stage_guidediff(args, cfg):
     model = guidediff.GuideDiffTraining(guidediff.build(cfg), logmel, c,
                                         augment.Chain(cfg.audio.sample_rate, p=c.augment),
                                         autoencoder).to(device)
-    guides = transfer_guides(args, train, rank, device) if c.transfer_guides > 0 else {}
+    key = b"".join((Path(args.ckpt_dir) / f).read_bytes() for f in
+                   ("autoencoder.pt", "ldm.pt", "distill.pt") if (Path(args.ckpt_dir) / f).is_file())
+    guides = (cached_transfers(args, train, rank, device, "guides", key)
+              if c.transfer_guides > 0 else {})
     if guides:
         frames = logmel(torch.zeros(1, train.clip, device=device)).shape[-1]
         train = data.GuidedClips(train, guides, c.transfer_guides, cfg.audio.hop, frames)

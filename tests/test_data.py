@@ -206,3 +206,35 @@ def test_guided_clips_crop_the_guide_at_the_wave_s_frames(tmp_path):
     assert len(starts) > 1 and all(s % 256 == 0 for s in starts)
     wave, label, guide, guided = data.GuidedClips(folder, guides, 0.0, 256, frames)[0]
     assert not guided and label == 0 and not guide.any() and wave.shape == (folder.clip,)
+
+
+def test_cross_style_pairs_and_decoded_clips_align_latent_and_target(tmp_path):
+    """Pairs: distinct targets within a piece, each from another style of the same piece,
+    the first draw the same whatever per_piece. DecodedClips: a 'latent' whose frames are
+    the target's own log-mel frames pooled by f comes back beside the stretch of the target
+    render that those frames cover."""
+    from stft import LogMel
+    for k, style in enumerate(("a", "b", "c")):
+        (tmp_path / style).mkdir()
+        for piece in ("p0", "p1"):
+            noise = np.random.default_rng(k + 7 * len(piece + style)).standard_normal(
+                int(16000 * 2.3)).astype(np.float32)
+            sf.write(tmp_path / style / f"{piece}.wav", 0.1 * noise, 16000)
+    folder = data.AudioFolder(tmp_path, sample_rate=16000, clip_seconds=0.5, random_clips=True)
+    one, two = data.cross_style_pairs(folder, 3), data.cross_style_pairs(folder, 3, 2)
+    assert len(one) == 2 and len(two) == 4 and set(one.items()) <= set(two.items())
+    for tgt, src in two.items():
+        assert folder.paths[tgt].stem == folder.paths[src].stem and \
+            folder.labels[tgt] != folder.labels[src]
+    f, hop, frames = 4, 256, 8
+    logmel = LogMel(sample_rate=16000, n_fft=1024, hop=hop, n_mels=32)
+    latents = {i: torch.nn.functional.avg_pool1d(logmel(folder.waves[i][None])[0, 0], f)[None]
+               for i in one}                                  # (1, 32, T / f)
+    clips = data.DecodedClips(folder, latents, f, hop, frames)
+    torch.manual_seed(0)
+    for _ in range(6):
+        wave, label, z, target = clips[0]
+        assert wave.shape == (folder.clip,) and z.shape == (1, 32, frames)
+        assert target.shape == ((frames * f - 1) * hop,)
+        pooled = torch.nn.functional.avg_pool1d(logmel(target[None])[0, 0], f)
+        torch.testing.assert_close(pooled[..., 1:-1], z[0, ..., 1:-1], atol=1e-4, rtol=1e-4)

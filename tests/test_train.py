@@ -244,11 +244,18 @@ def test_ldm_stage_trains_a_paired_model_that_transfer_runs(tmp_path):
                          "autoencoder.pt").is_file(), reason="no autoencoder checkpoint")
 def test_decoder_only_fine_tune_keeps_the_latent_space(tmp_path, capsys):
     """--decoder-only: the encoder's weights and latent scale come back bit for bit (so the
-    LDM trained on its latents stays valid), the decoder moves; without --init it is refused."""
+    LDM trained on its latents stays valid), the decoder moves, learning from transfers'
+    latents too (cached, two per train piece, and one per val piece for a val measure);
+    without --init it is refused."""
+    import shutil
+
     import data
     root = train.Path(__file__).resolve().parents[1]
     data.build_dataset(tmp_path / "d", pieces=3, seconds=5.0, seed=1, workers=1,
                        soundfonts=["timgm6mb"])
+    (tmp_path / "ckpt").mkdir()
+    for name in ("ldm.pt", "distill.pt"):
+        shutil.copy(root / "checkpoints" / name, tmp_path / "ckpt" / name)
     base = ["--stage", "autoencoder", "--data", str(tmp_path / "d"), "--ckpt-dir",
             str(tmp_path / "ckpt"), "--runs", str(tmp_path / "runs"), "--steps", "2",
             "--batch-size", "2", "--lr", "1e-3", "--decoder-only"]
@@ -264,3 +271,12 @@ def test_decoder_only_fine_tune_keeps_the_latent_space(tmp_path, capsys):
     assert all(torch.equal(tuned["model"][k], start["model"][k]) for k in encoder)
     assert tuned["latent_scale"] == start["latent_scale"]
     assert not all(torch.equal(tuned["model"][k], start["model"][k]) for k in decoder)
+    caches = sorted(p.name for p in (tmp_path / "d" / "cache").iterdir())
+    assert len(caches) == 2 and all(p.startswith("latents-") for p in caches)
+    train_latents = torch.load(tmp_path / "d" / "cache" / [p for p in caches if "-x2" in p][0],
+                               weights_only=True)["latents"]
+    meta = json.loads((tmp_path / "d" / "metadata.json").read_text())
+    assert len(train_latents) == 2 * len(meta["splits"]["train"])
+    assert all(z.shape[:2] == (4, 32) for z in train_latents.values())
+    log = [json.loads(line) for line in open(tmp_path / "runs" / "autoencoder" / "log.jsonl")]
+    assert np.isfinite(log[-1]["val_transfer_l1"])
