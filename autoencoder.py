@@ -182,6 +182,11 @@ def hinge_g_loss(fake_logits):
     return -fake_logits.mean()
 
 
+def reconstruction_losses(spec, recon):
+    """(L1, multi-scale spectral loss) of a reconstruction against its log-mel."""
+    return (recon - spec).abs().mean(), multiscale_spectral_loss(spec, recon)
+
+
 def autoencoder_loss(model, spec, kl_weight=1e-6, spectral_weight=1.0, discriminator=None,
                      adv_weight=0.0, generator=None):
     """One scalar whose single backward trains the autoencoder and the discriminator.
@@ -191,8 +196,7 @@ def autoencoder_loss(model, spec, kl_weight=1e-6, spectral_weight=1.0, discrimin
     hinge term sees recon.detach(), so it cannot move the autoencoder.
     """
     recon, posterior = model(spec, generator)
-    rec = (recon - spec).abs().mean()
-    spectral = multiscale_spectral_loss(spec, recon)
+    rec, spectral = reconstruction_losses(spec, recon)
     kl = posterior.kl().mean()
     loss = rec + spectral_weight * spectral + kl_weight * kl
     logs = dict(l1=rec.item(), spectral=spectral.item(), kl=kl.item())
@@ -236,9 +240,8 @@ class AutoencoderTraining(nn.Module):
         if latent is None:
             return loss
         recon = self.autoencoder.decode(latent)[..., :target.shape[-1]]
-        decoded = (recon - target).abs().mean() + \
-            self.c.spectral_weight * multiscale_spectral_loss(target, recon)
-        return (1 - share) * loss + share * decoded
+        rec, spectral = reconstruction_losses(target, recon)
+        return (1 - share) * loss + share * (rec + self.c.spectral_weight * spectral)
 
 
 def in_chunks(fn, x, chunk, margin, scale=1.0):

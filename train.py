@@ -312,11 +312,12 @@ def stage_autoencoder(args, cfg):
             config.save_checkpoint(here, **init)
         if dist.is_initialized():
             dist.barrier()
-        key = encoder + b"".join((Path(args.ckpt_dir) / f).read_bytes()
-                                 for f in ("ldm.pt", "distill.pt")
-                                 if (Path(args.ckpt_dir) / f).is_file())
-        latents = cached_transfers(args, train, rank, device, "latents", key, per_piece=2)
-        val_latents = cached_transfers(args, val, rank, device, "latents", key, split="val")
+        files = ("ldm.pt", "distill.pt")      # and the encoder: not the decoder trained here
+        latents = cached_transfers(args, train, rank, device, "latents", files, per_piece=2,
+                                   key=encoder)
+        val_latents = cached_transfers(args, val, rank, device, "latents", files, split="val",
+                                       key=encoder)
+        val_targets = {i: logmel(val.waves[i][None].to(device)) for i in val_latents}
     if latents:
         train = data.DecodedClips(train, latents, autoencoder.factor, cfg.audio.hop,
                                   c.transfer_latent_frames)
@@ -337,7 +338,7 @@ def stage_autoencoder(args, cfg):
         if val_latents:           # transfers' latents decoded, against the target's render
             l1 = []
             for i, z in val_latents.items():
-                target = logmel(val.waves[i][None].to(device))
+                target = val_targets[i]
                 decoded = ema.autoencoder.decode(z[None].to(device))[..., :target.shape[-1]]
                 l1.append((decoded - target[..., :decoded.shape[-1]]).abs().mean().item())
             out["val_transfer_l1"] = float(np.mean(l1))
@@ -407,19 +408,21 @@ def stage_ldm(args, cfg):
         print(f"ldm: {sum(p.numel() for p in model.parameters())} parameters")
 
 
-def cached_transfers(args, train, rank, device, kind, key, per_piece=1, split="train"):
+def cached_transfers(args, train, rank, device, kind, files, per_piece=1, split="train",
+                     key=b""):
     """{train file index: output} of the default transfer (transfer.py) into the style of
     that built-in file from another style of the same piece (data.cross_style_pairs):
     kind "guides", the log-mel before the vocoder (frame-aligned with that render, what
     GuideDiff meets in use), or "latents", the latent before the decoder. Cached in
-    DATA/cache by the hash of key (the bytes of what the outputs depend on); {} (with a
-    note) without CKPT_DIR/ldm.pt or the built-in data's pairs."""
+    DATA/cache by the hash of what the outputs depend on: key (bytes) and CKPT_DIR's files
+    of those names; {} (with a note) without CKPT_DIR/ldm.pt or the built-in data's pairs."""
     ldm = Path(args.ckpt_dir) / "ldm.pt"
     if not ldm.is_file() or not (Path(args.data) / "metadata.json").is_file():
         if rank == 0:
             print(f"{args.stage}: no transfer {kind} (they need {ldm} and the built-in data)")
         return {}
-    digest = hashlib.sha256(key)
+    digest = hashlib.sha256(key + b"".join((Path(args.ckpt_dir) / f).read_bytes()
+                                           for f in files if (Path(args.ckpt_dir) / f).is_file()))
     tag = (f"-x{per_piece}" if per_piece > 1 else "") + (f"-{split}" if split != "train" else "")
     path = Path(args.data) / "cache" / f"{kind}-{digest.hexdigest()[:12]}-{args.seed}{tag}.pt"
     if rank == 0 and not path.is_file():
@@ -451,9 +454,8 @@ def stage_guidediff(args, cfg):
     model = guidediff.GuideDiffTraining(guidediff.build(cfg), logmel, c,
                                         augment.Chain(cfg.audio.sample_rate, p=c.augment),
                                         autoencoder).to(device)
-    key = b"".join((Path(args.ckpt_dir) / f).read_bytes() for f in
-                   ("autoencoder.pt", "ldm.pt", "distill.pt") if (Path(args.ckpt_dir) / f).is_file())
-    guides = (cached_transfers(args, train, rank, device, "guides", key)
+    guides = (cached_transfers(args, train, rank, device, "guides",
+                               ("autoencoder.pt", "ldm.pt", "distill.pt"))
               if c.transfer_guides > 0 else {})
     if guides:
         frames = logmel(torch.zeros(1, train.clip, device=device)).shape[-1]
