@@ -84,6 +84,7 @@ class AutoencoderConfig(TrainingConfig):
     augment: float = 0.5              # half the recording chain's chances: encode recordings too
     transfer_latents: float = 0.5     # --decoder-only: share of a batch decoded from transfers'
     transfer_latent_frames: int = 32  # latents (this many frames) against the target render
+    transfer_chain: float = 1.0       # ... transferred from recordings of the source render
 
 
 @dataclass

@@ -285,6 +285,12 @@ def encoder_bytes(ckpt):
 
 def stage_autoencoder(args, cfg):
     c = cfg.autoencoder
+    if args.transfer_latents is not None:
+        if not args.decoder_only:
+            raise ValueError("--transfer-latents goes with --decoder-only --init CKPT")
+        if not 0 <= args.transfer_latents < 1:
+            raise ValueError(f"--transfer-latents {args.transfer_latents}: give a share in [0, 1)")
+        c.transfer_latents = args.transfer_latents
     rank, world, device = setup_distributed(args.device)
     train, val = audio_splits(args, cfg, c.clip_seconds, 4.0, rank)
     logmel = LogMel(**asdict(cfg.audio)).to(device)
@@ -314,7 +320,8 @@ def stage_autoencoder(args, cfg):
             dist.barrier()
         files = ("ldm.pt", "distill.pt")      # and the encoder: not the decoder trained here
         latents = cached_transfers(args, train, rank, device, "latents", files, per_piece=2,
-                                   key=encoder)
+                                   key=encoder, chain=augment.Chain(cfg.audio.sample_rate,
+                                                                    p=c.transfer_chain))
         val_latents = cached_transfers(args, val, rank, device, "latents", files, split="val",
                                        key=encoder)
         val_targets = {i: logmel(val.waves[i][None].to(device)) for i in val_latents}
@@ -409,13 +416,15 @@ def stage_ldm(args, cfg):
 
 
 def cached_transfers(args, train, rank, device, kind, files, per_piece=1, split="train",
-                     key=b""):
+                     key=b"", chain=None):
     """{train file index: output} of the default transfer (transfer.py) into the style of
     that built-in file from another style of the same piece (data.cross_style_pairs):
     kind "guides", the log-mel before the vocoder (frame-aligned with that render, what
     GuideDiff meets in use), or "latents", the latent before the decoder. Cached in
     DATA/cache by the hash of what the outputs depend on: key (bytes) and CKPT_DIR's files
-    of those names; {} (with a note) without CKPT_DIR/ldm.pt or the built-in data's pairs."""
+    of those names; {} (with a note) without CKPT_DIR/ldm.pt or the built-in data's pairs.
+    chain: an augment.Chain to send each source through first (seeded: a recording of the
+    render, as users bring), or None for the clean renders."""
     ldm = Path(args.ckpt_dir) / "ldm.pt"
     if not ldm.is_file() or not (Path(args.data) / "metadata.json").is_file():
         if rank == 0:
@@ -423,11 +432,16 @@ def cached_transfers(args, train, rank, device, kind, files, per_piece=1, split=
         return {}
     digest = hashlib.sha256(key + b"".join((Path(args.ckpt_dir) / f).read_bytes()
                                            for f in files if (Path(args.ckpt_dir) / f).is_file()))
-    tag = (f"-x{per_piece}" if per_piece > 1 else "") + (f"-{split}" if split != "train" else "")
+    if chain is not None and chain.p > 0:
+        digest.update(repr(chain).encode())
+    tag = ((f"-x{per_piece}" if per_piece > 1 else "") + (f"-{split}" if split != "train" else "")
+           + ("-rec" if chain is not None and chain.p > 0 else ""))
     path = Path(args.data) / "cache" / f"{kind}-{digest.hexdigest()[:12]}-{args.seed}{tag}.pt"
     if rank == 0 and not path.is_file():
         pairs = data.cross_style_pairs(train, args.seed, per_piece)
-        jobs = [(train.waves[src].numpy(), train.styles[train.labels[tgt]])
+        gen = torch.Generator().manual_seed(args.seed)
+        jobs = [((chain(train.waves[src][None], gen)[0] if chain is not None else
+                  train.waves[src]).numpy(), train.styles[train.labels[tgt]])
                 for tgt, src in pairs.items()]
         outs = evaluate.transfer_log_mels(args.ckpt_dir, jobs, train.sample_rate, device,
                                           latents=kind == "latents")
@@ -560,6 +574,9 @@ def parse_args(argv=None):
                    "STAGE.pt (fine-tuning; a fresh optimiser and schedule)")
     p.add_argument("--decoder-only", action="store_true", help="autoencoder, with --init: "
                    "train the decoder alone (the latents the LDM learned stay the same)")
+    p.add_argument("--transfer-latents", type=float, default=None, metavar="SHARE",
+                   help="with --decoder-only: the share of a batch decoded from transfers' "
+                   "latents against the target render (default: preset, 0.5; 0 turns it off)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: preset)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPU and CUDA)")
     p.add_argument("--val-every", type=int, default=200, help="validation interval (steps)")
