@@ -285,3 +285,10 @@ def test_decoder_only_fine_tune_keeps_the_latent_space(tmp_path, capsys):
     assert all(z.shape[:2] == (4, 32) for z in train_latents.values())
     log = [json.loads(line) for line in open(tmp_path / "runs" / "autoencoder" / "log.jsonl")]
     assert np.isfinite(log[-1]["val_transfer_l1"])
+    # the train latents were transferred from recordings of the sources, not the renders
+    args = train.parse_args(base + ["--init", "x.pt"])
+    audio = data.AudioFolder(args.data, "train", config.preset("tiny").audio.sample_rate, 2.0)
+    clean = train.cached_transfers(args, audio, 0, "cpu", "latents", ("ldm.pt", "distill.pt"),
+                                   per_piece=2, key=train.encoder_bytes(start))
+    assert sorted(clean) == sorted(train_latents)
+    assert not any(torch.allclose(clean[i], train_latents[i], atol=1e-3) for i in clean)
