@@ -124,8 +124,9 @@ class _KeepLatent:
 
 def transfer_log_mels(ckpt_dir, jobs, sample_rate, device="cpu", latents=False):
     """[log-mel (1, n_mels, T) or None] of [(wave (N,), target style)]: the default
-    transfer's output before the vocoder (what GuideDiff meets in use; GuideDiffConfig.transfer_guides),
-    frame-aligned with the wave. None for a wave longer than one streamed block.
+    transfer's output before the vocoder (what GuideDiff meets in use;
+    GuideDiffConfig.transfer_guides), frame-aligned with the wave. None for a wave longer
+    than one streamed block.
     latents=True: [latent (C, F, T / f) or None] instead, what the decoder meets in use
     (AutoencoderConfig.transfer_latents)."""
     models = copy.copy(transfer_lib.load_models(ckpt_dir, vocoder="griffinlim", device=device))

@@ -430,12 +430,13 @@ def cached_transfers(args, train, rank, device, kind, files, per_piece=1, split=
         if rank == 0:
             print(f"{args.stage}: no transfer {kind} (they need {ldm} and the built-in data)")
         return {}
+    chain = chain if chain is not None and chain.p > 0 else None
     digest = hashlib.sha256(key + b"".join((Path(args.ckpt_dir) / f).read_bytes()
                                            for f in files if (Path(args.ckpt_dir) / f).is_file()))
-    if chain is not None and chain.p > 0:
+    if chain is not None:
         digest.update(repr(chain).encode())
     tag = ((f"-x{per_piece}" if per_piece > 1 else "") + (f"-{split}" if split != "train" else "")
-           + ("-rec" if chain is not None and chain.p > 0 else ""))
+           + ("-rec" if chain is not None else ""))
     path = Path(args.data) / "cache" / f"{kind}-{digest.hexdigest()[:12]}-{args.seed}{tag}.pt"
     if rank == 0 and not path.is_file():
         pairs = data.cross_style_pairs(train, args.seed, per_piece)
