@@ -241,7 +241,29 @@ class AutoencoderTraining(nn.Module):
             return loss
         recon = self.autoencoder.decode(latent)[..., :target.shape[-1]]
         rec, spectral = reconstruction_losses(target, recon)
-        return (1 - share) * loss + share * (rec + self.c.spectral_weight * spectral)
+        decoded = rec + self.c.spectral_weight * spectral
+        if self.c.junction_weight > 0:
+            decoded = decoded + self.c.junction_weight * junction_gap(self.autoencoder, latent,
+                                                                      recon)
+        return (1 - share) * loss + share * decoded
+
+
+def junction_gap(autoencoder, latent, whole, margin=6):
+    """Mean |decoded whole - decoded as two parts| over the frames more than `margin` latent
+    frames (the decoder's reach) from a random cut. Songs decode in blocks, and GroupNorm's
+    statistics depend on a block's length: a decoder trained on transfers' latents learns to
+    lean on them, and then a short last block decodes differently. This term holds it to one
+    output for any cut. whole: decode(latent), cut to its first T frames. Where the
+    cut leaves no frame beyond the margin, the gap is 0."""
+    L, f, T = latent.shape[-1], autoencoder.factor, whole.shape[-1]
+    cut = int(torch.randint(L // 4, L - L // 4 + 1, ()))
+    parts = torch.cat([autoencoder.decode(latent[..., :cut]),
+                       autoencoder.decode(latent[..., cut:])], -1)[..., :T]
+    away = torch.cat([torch.arange(0, max(cut - margin, 0) * f),
+                      torch.arange(min((cut + margin) * f, T), T)]).to(whole.device)
+    if len(away) == 0:                      # too short to cut with a margin: nothing to hold
+        return whole.new_zeros(())
+    return (whole - parts).index_select(-1, away).abs().mean()
 
 
 def in_chunks(fn, x, chunk, margin, scale=1.0):

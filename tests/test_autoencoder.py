@@ -110,3 +110,25 @@ def test_latent_scale_is_inverse_std_of_means():
     specs = [torch.randn(2, 1, 128, 16) for _ in range(3)]
     means = torch.cat([model.encode(s).mean.flatten() for s in specs])
     assert A.latent_scale(model, specs) == pytest.approx(1 / means.std().item(), rel=1e-5)
+
+
+def test_junction_gap_is_zero_only_for_a_decoder_without_global_statistics():
+    """A decoder whose GroupNorms are removed is local, so decoding a latent whole and in two
+    parts agrees exactly beyond the margin (its reach); with GroupNorm, whose statistics
+    span the whole input, it does not, and the gap has a gradient to train that away. A
+    margin below the reach shows the boundary's effect."""
+    torch.manual_seed(1)
+    model = _model()
+    z = torch.randn(2, 4, 32, 32)
+    gap = A.junction_gap(model, z, model.decode(z))
+    assert gap > 1e-3
+    gap.backward()
+    assert model.decoder[0].weight.grad.abs().sum() > 0
+    for module in model.decoder.modules():
+        for name, child in module.named_children():
+            if isinstance(child, torch.nn.GroupNorm):
+                setattr(module, name, torch.nn.Identity())
+    with torch.no_grad():
+        whole = model.decode(z)
+        assert all(A.junction_gap(model, z, whole) < 1e-6 for _ in range(8))
+        assert A.junction_gap(model, z, whole, margin=1) > 1e-4
