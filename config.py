@@ -85,7 +85,7 @@ class AutoencoderConfig(TrainingConfig):
     transfer_latents: float = 0.5     # --decoder-only: share of a batch decoded from transfers'
     transfer_latent_frames: int = 32  # latents (this many frames) against the target render
     transfer_chain: float = 1.0       # ... transferred from recordings of the source render
-    junction_weight: float = 10.0     # ... and decoded the same whole or cut in two (junction_gap)
+    junction_weight: float = 3.0      # ... and decoded the same whole or cut in two (junction_gap)
 
 
 @dataclass
