@@ -19,17 +19,70 @@ import config
 SILENCE = -3.3  # normalised log-mel of silence (log 1e-5, config.AudioConfig): pad value
 
 
-def _norm(channels):
+def _norm(channels, kind="group"):
+    if kind == "fixed":
+        return FixedNorm(channels)
     return nn.GroupNorm(min(32, channels // 4), channels)
 
 
-class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv twice with a residual connection (1x1 conv when widths differ)."""
+class FixedNorm(nn.Module):
+    """A GroupNorm whose statistics are constants: a per-channel scale and shift, so the
+    output at a frame depends on its neighbourhood alone, not on how long the input is.
 
-    def __init__(self, c_in, c_out):
+    GroupNorm normalises each input by its own mean and variance, taken over the whole
+    input: a decoder built of it decodes a song's 33-s blocks a little differently from
+    the 2-s clips it was trained on, and a short last block differently again.
+    fold_decoder_norms turns a trained decoder's GroupNorms into these, with the mean and
+    variance they saw on typical latents; the decoder is then purely convolutional."""
+
+    def __init__(self, channels):
         super().__init__()
-        self.block = nn.Sequential(_norm(c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1),
-                                   _norm(c_out), nn.SiLU(), nn.Conv2d(c_out, c_out, 3, padding=1))
+        self.scale = nn.Parameter(torch.ones(channels))
+        self.shift = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x):
+        return x * self.scale.view(1, -1, 1, 1).to(x.dtype) + \
+            self.shift.view(1, -1, 1, 1).to(x.dtype)
+
+
+@torch.no_grad()
+def fold_decoder_norms(model, latents):
+    """Replace the decoder's GroupNorms by FixedNorms that normalise by the statistics
+    each saw over `latents` (B, C, F, L): per group, the mean of the items' means and
+    variances. With one latent (B = 1) the decoder's output on it is unchanged."""
+    norms = [(parent, name, child) for parent in model.decoder.modules()
+             for name, child in parent.named_children() if isinstance(child, nn.GroupNorm)]
+    stats = {}
+
+    def record(module, args):
+        x = args[0].float()
+        g = x.reshape(x.shape[0], module.num_groups, -1)
+        stats[module] = (g.mean(-1).mean(0), g.var(-1, unbiased=False).mean(0))
+    hooks = [child.register_forward_pre_hook(record) for _, _, child in norms]
+    model.decode(latents)
+    for h in hooks:
+        h.remove()
+    for parent, name, gn in norms:
+        mean, var = stats[gn]
+        per = gn.num_channels // gn.num_groups
+        mean, inv = mean.repeat_interleave(per), (var + gn.eps).rsqrt().repeat_interleave(per)
+        fixed = FixedNorm(gn.num_channels).to(gn.weight)
+        fixed.scale.copy_(gn.weight * inv)
+        fixed.shift.copy_(gn.bias - gn.weight * inv * mean)
+        setattr(parent, name, fixed)
+    return model
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice with a residual connection (1x1 conv when widths differ);
+    norm="fixed" puts FixedNorms in place of the GroupNorms."""
+
+    def __init__(self, c_in, c_out, norm="group"):
+        super().__init__()
+        self.block = nn.Sequential(_norm(c_in, norm), nn.SiLU(),
+                                   nn.Conv2d(c_in, c_out, 3, padding=1),
+                                   _norm(c_out, norm), nn.SiLU(),
+                                   nn.Conv2d(c_out, c_out, 3, padding=1))
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x):
@@ -101,12 +154,14 @@ class DiagonalGaussian:
 
 
 class Autoencoder(nn.Module):
-    """Encoder and decoder of ResBlocks; f = 2 ** (len(channels) - 1) along both axes."""
+    """Encoder and decoder of ResBlocks; f = 2 ** (len(channels) - 1) along both axes.
+    decoder_norm: "group" (GroupNorm) or "fixed" (FixedNorm: a purely convolutional
+    decoder, made from a trained one by fold_decoder_norms)."""
 
     def __init__(self, in_channels=1, channels=(32, 64, 128), latent_channels=4,
-                 num_res_blocks=1):
+                 num_res_blocks=1, decoder_norm="group"):
         super().__init__()
-        self.factor = 2 ** (len(channels) - 1)
+        self.factor, self.decoder_norm = 2 ** (len(channels) - 1), decoder_norm
         enc = [nn.Conv2d(in_channels, channels[0], 3, padding=1)]
         for i, c in enumerate(channels):
             c_prev = channels[max(i - 1, 0)]
@@ -120,10 +175,11 @@ class Autoencoder(nn.Module):
         rev = list(reversed(channels))
         for i, c in enumerate(rev):
             c_prev = rev[max(i - 1, 0)]
-            dec += [ResBlock(c_prev if j == 0 else c, c) for j in range(num_res_blocks)]
+            dec += [ResBlock(c_prev if j == 0 else c, c, decoder_norm)
+                    for j in range(num_res_blocks)]
             if i < len(rev) - 1:
                 dec.append(Upsample(c))
-        dec += [_norm(channels[0]), nn.SiLU(), nn.Conv2d(channels[0], in_channels, 3, padding=1)]
+        dec += [_norm(channels[0], decoder_norm), nn.SiLU(), nn.Conv2d(channels[0], in_channels, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)
 
     def encode(self, spec):
@@ -220,7 +276,7 @@ def latent_scale(model, specs):
 def from_checkpoint(ckpt):
     """The Autoencoder of a loaded autoencoder.pt (config.load_checkpoint)."""
     c = config.config_from_dict(ckpt["config"]).autoencoder
-    model = Autoencoder(1, c.channels, c.latent_channels, c.num_res_blocks)
+    model = Autoencoder(1, c.channels, c.latent_channels, c.num_res_blocks, c.decoder_norm)
     return config.load_weights(model, ckpt, "autoencoder")
 
 
@@ -242,7 +298,7 @@ class AutoencoderTraining(nn.Module):
         recon = self.autoencoder.decode(latent)[..., :target.shape[-1]]
         rec, spectral = reconstruction_losses(target, recon)
         decoded = rec + self.c.spectral_weight * spectral
-        if self.c.junction_weight > 0:
+        if self.c.junction_weight > 0 and self.c.decoder_norm == "group":   # (0 if fixed)
             decoded = decoded + self.c.junction_weight * junction_gap(self.autoencoder, latent,
                                                                       recon)
         return (1 - share) * loss + share * decoded

@@ -86,6 +86,7 @@ class AutoencoderConfig(TrainingConfig):
     transfer_latent_frames: int = 32  # latents (this many frames) against the target render
     transfer_chain: float = 1.0       # ... transferred from recordings of the source render
     junction_weight: float = 3.0      # ... and decoded the same whole or cut in two (junction_gap)
+    decoder_norm: str = "group"       # or "fixed": --fix-decoder-norms (autoencoder.FixedNorm)
 
 
 @dataclass

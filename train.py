@@ -291,29 +291,40 @@ def stage_autoencoder(args, cfg):
         if not 0 <= args.transfer_latents < 1:
             raise ValueError(f"--transfer-latents {args.transfer_latents}: give a share in [0, 1)")
         c.transfer_latents = args.transfer_latents
+    if args.fix_decoder_norms and not args.decoder_only:
+        raise ValueError("--fix-decoder-norms goes with --decoder-only --init CKPT")
+    if args.decoder_only:     # the latent space stays, and so do ldm.pt and distill.pt
+        if not args.init:
+            raise ValueError("--decoder-only fine-tunes a trained decoder: add --init "
+                             "checkpoints/autoencoder.pt")
+        init = config.load_checkpoint(args.init, "autoencoder")
+        kept_scale, encoder = init["latent_scale"], encoder_bytes(init)
+        init_norm = config.config_from_dict(init["config"]).autoencoder.decoder_norm
+        c.decoder_norm = "fixed" if args.fix_decoder_norms else init_norm
     rank, world, device = setup_distributed(args.device)
     train, val = audio_splits(args, cfg, c.clip_seconds, 4.0, rank)
     logmel = LogMel(**asdict(cfg.audio)).to(device)
     keep = range(0, len(val), max(1, len(val) // 64))          # 64 clips over all styles
     val_specs = torch.cat([logmel(val[i][0][None].to(device)) for i in keep])
     torch.manual_seed(args.seed)
-    autoencoder = ae_lib.Autoencoder(1, c.channels, c.latent_channels, c.num_res_blocks)
+    autoencoder = ae_lib.Autoencoder(1, c.channels, c.latent_channels, c.num_res_blocks,
+                                     c.decoder_norm)
     discriminator = ae_lib.PatchDiscriminator() if c.adv_weight > 0 else None
     model = ae_lib.AutoencoderTraining(autoencoder, discriminator, c).to(device)
-    if args.decoder_only:     # the latent space stays, and so do ldm.pt and distill.pt
-        if not args.init:
-            raise ValueError("--decoder-only fine-tunes a trained decoder: add --init "
-                             "checkpoints/autoencoder.pt")
+    if args.decoder_only:
         autoencoder.encoder.requires_grad_(False)
-        init = config.load_checkpoint(args.init, "autoencoder")
-        kept_scale, encoder = init["latent_scale"], encoder_bytes(init)
+        if c.decoder_norm != init_norm:
+            group = ae_lib.from_checkpoint(init).to(device)      # its GroupNorms folded with
+            z = torch.cat([group.encode(s).mode() for s in val_specs.split(16)])  # val stats
+            autoencoder.load_state_dict(ae_lib.fold_decoder_norms(group, z).state_dict())
+            args.init = None                  # loaded: the loop starts from these weights
     latents, val_latents = {}, {}
     if args.decoder_only and c.transfer_latents > 0:     # what the decoder meets in use
         here = Path(args.ckpt_dir) / "autoencoder.pt"    # (the transfers encode with it)
         if here.is_file() and encoder_bytes(config.load_checkpoint(here, "autoencoder")) \
                 != encoder:
-            raise ValueError(f"{here} has another encoder than {args.init}: give --ckpt-dir "
-                             f"a folder without an autoencoder.pt, or the same file")
+            raise ValueError(f"{here} has another encoder than the --init checkpoint: give "
+                             f"--ckpt-dir a folder without an autoencoder.pt, or the same file")
         if rank == 0 and not here.is_file():
             config.save_checkpoint(here, **init)
         if dist.is_initialized():
@@ -578,6 +589,9 @@ def parse_args(argv=None):
     p.add_argument("--transfer-latents", type=float, default=None, metavar="SHARE",
                    help="with --decoder-only: the share of a batch decoded from transfers' "
                    "latents against the target render (default: preset, 0.5; 0 turns it off)")
+    p.add_argument("--fix-decoder-norms", action="store_true", help="with --decoder-only: "
+                   "fold the decoder's GroupNorms into fixed scales (a purely convolutional "
+                   "decoder: a song decodes the same in blocks as whole), then train it")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: preset)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPU and CUDA)")
     p.add_argument("--val-every", type=int, default=200, help="validation interval (steps)")

@@ -132,3 +132,54 @@ def test_junction_gap_is_zero_only_for_a_decoder_without_global_statistics():
         whole = model.decode(z)
         assert all(A.junction_gap(model, z, whole) < 1e-6 for _ in range(8))
         assert A.junction_gap(model, z, whole, margin=1) > 1e-4
+
+
+def test_folded_decoder_norms_reproduce_the_latent_they_were_folded_on():
+    """fold_decoder_norms with one latent's statistics: FixedNorms whose scale and shift are
+    that latent's GroupNorm normalisation, so its decoding is unchanged; another latent,
+    whose own statistics differ, decodes differently. No GroupNorm is left in the decoder
+    and the encoder is untouched."""
+    torch.manual_seed(3)
+    model = _model().eval()
+    for gn in (m for m in model.decoder.modules() if isinstance(m, torch.nn.GroupNorm)):
+        torch.nn.init.normal_(gn.weight, 1.0, 0.3), torch.nn.init.normal_(gn.bias, 0.0, 0.3)
+    z, other = torch.randn(1, 4, 32, 24), 3 * torch.randn(1, 4, 32, 24) + 1
+    spec = torch.randn(1, 1, 128, 24)
+    with torch.no_grad():
+        before, before_other, enc = model.decode(z), model.decode(other), model.encoder(spec)
+        A.fold_decoder_norms(model, z)
+        assert not any(isinstance(m, torch.nn.GroupNorm) for m in model.decoder.modules())
+        assert sum(isinstance(m, A.FixedNorm) for m in model.decoder.modules()) == 7  # 3 x 2 + 1
+        torch.testing.assert_close(model.decode(z), before, rtol=1e-4, atol=1e-4)
+        assert (model.decode(other) - before_other).abs().max() > 0.1
+        torch.testing.assert_close(model.encoder(spec), enc)
+
+
+def test_fixed_norm_decoder_decodes_the_same_whole_or_in_parts_and_round_trips():
+    """A decoder of FixedNorms (decoder_norm="fixed", as a folded one is stored) is purely
+    convolutional: a latent decodes the same whole and cut in two beyond the reach, and
+    chunked decoding (in_chunks) equals the whole. Its checkpoint loads back into the
+    fixed build and is refused by the GroupNorm build."""
+    import config
+    torch.manual_seed(5)
+    cfg = config.preset("tiny")
+    cfg.autoencoder.channels, cfg.autoencoder.decoder_norm = (8, 16, 16), "fixed"
+    model = A.Autoencoder(1, (8, 16, 16), 4, 1, "fixed")
+    for m in model.decoder.modules():
+        if isinstance(m, A.FixedNorm):
+            torch.nn.init.normal_(m.scale, 1.0, 0.3), torch.nn.init.normal_(m.shift, 0.0, 0.3)
+    z = torch.randn(2, 4, 32, 40)
+    with torch.no_grad():
+        whole = model.decode(z)
+        assert whole.shape == (2, 1, 128, 160)
+        assert all(A.junction_gap(model, z, whole) < 1e-6 for _ in range(8))
+        torch.testing.assert_close(A.in_chunks(model.decode, z, 8, 6, 4), whole,
+                                   rtol=1e-5, atol=1e-5)
+    ckpt = dict(model=model.state_dict(), config=config.config_to_dict(cfg))
+    loaded = A.from_checkpoint(ckpt)
+    assert loaded.decoder_norm == "fixed"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.decode(z), whole)
+    cfg.autoencoder.decoder_norm = "group"
+    with pytest.raises(ValueError, match="does not fit"):
+        A.from_checkpoint(dict(ckpt, config=config.config_to_dict(cfg)))

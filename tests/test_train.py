@@ -296,3 +296,18 @@ def test_decoder_only_fine_tune_keeps_the_latent_space(tmp_path, capsys):
                                    per_piece=2, key=train.encoder_bytes(start))
     assert sorted(clean) == sorted(train_latents)
     assert not any(torch.allclose(clean[i], train_latents[i], atol=1e-3) for i in clean)
+    # --fix-decoder-norms: the decoder's GroupNorms folded into FixedNorms, then trained;
+    # the encoder and scale stay, the stored config says so; only with --decoder-only
+    fixed_dir = tmp_path / "ckptF"
+    shutil.copytree(tmp_path / "ckpt", fixed_dir, ignore=shutil.ignore_patterns("autoenc*"))
+    with pytest.raises(SystemExit) as e:
+        train.main([a for a in base if a != "--decoder-only"] + ["--fix-decoder-norms"])
+    assert e.value.code == 2 and "--fix-decoder-norms" in capsys.readouterr().err
+    train.main(base + ["--init", str(root / "checkpoints" / "autoencoder.pt"),
+                       "--fix-decoder-norms", "--ckpt-dir", str(fixed_dir)])
+    fixed = config.load_checkpoint(fixed_dir / "autoencoder.pt", "autoencoder")
+    assert config.config_from_dict(fixed["config"]).autoencoder.decoder_norm == "fixed"
+    assert all(torch.equal(fixed["model"][k], start["model"][k]) for k in encoder)
+    assert fixed["latent_scale"] == start["latent_scale"]
+    assert any(k.endswith(".scale") for k in fixed["model"] if k.startswith("decoder."))
+    assert train.ae_lib.from_checkpoint(fixed).decoder_norm == "fixed"
