@@ -161,6 +161,8 @@ class Autoencoder(nn.Module):
     def __init__(self, in_channels=1, channels=(32, 64, 128), latent_channels=4,
                  num_res_blocks=1, decoder_norm="group"):
         super().__init__()
+        if decoder_norm not in ("group", "fixed"):
+            raise ValueError(f"decoder_norm {decoder_norm!r}: use 'group' or 'fixed'")
         self.factor, self.decoder_norm = 2 ** (len(channels) - 1), decoder_norm
         enc = [nn.Conv2d(in_channels, channels[0], 3, padding=1)]
         for i, c in enumerate(channels):
@@ -179,7 +181,8 @@ class Autoencoder(nn.Module):
                     for j in range(num_res_blocks)]
             if i < len(rev) - 1:
                 dec.append(Upsample(c))
-        dec += [_norm(channels[0], decoder_norm), nn.SiLU(), nn.Conv2d(channels[0], in_channels, 3, padding=1)]
+        dec += [_norm(channels[0], decoder_norm), nn.SiLU(),
+                nn.Conv2d(channels[0], in_channels, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)
 
     def encode(self, spec):
