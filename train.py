@@ -311,13 +311,14 @@ def stage_autoencoder(args, cfg):
                                      c.decoder_norm)
     discriminator = ae_lib.PatchDiscriminator() if c.adv_weight > 0 else None
     model = ae_lib.AutoencoderTraining(autoencoder, discriminator, c).to(device)
+    opts = LoopOptions.from_args(args)
     if args.decoder_only:
         autoencoder.encoder.requires_grad_(False)
         if c.decoder_norm != init_norm:
             group = ae_lib.from_checkpoint(init).to(device)      # its GroupNorms folded with
             z = torch.cat([group.encode(s).mode() for s in val_specs.split(16)])  # val stats
             autoencoder.load_state_dict(ae_lib.fold_decoder_norms(group, z).state_dict())
-            args.init = None                  # loaded: the loop starts from these weights
+            opts.init = None                  # loaded: the loop starts from these weights
     latents, val_latents = {}, {}
     if args.decoder_only and c.transfer_latents > 0:     # what the decoder meets in use
         here = Path(args.ckpt_dir) / "autoencoder.pt"    # (the transfers encode with it)
@@ -367,7 +368,7 @@ def stage_autoencoder(args, cfg):
                  ae_lib.latent_scale(ema.autoencoder, val_specs.split(16)))
         return dict(config=config.config_to_dict(cfg), styles=train.styles, latent_scale=scale)
 
-    ema = train_loop(model, loss_fn, train, c, LoopOptions.from_args(args), "autoencoder",
+    ema = train_loop(model, loss_fn, train, c, opts, "autoencoder",
                      validate, extra, export=lambda ema: ema.autoencoder)
     if rank == 0:
         n = sum(p.numel() for p in ema.autoencoder.parameters())
